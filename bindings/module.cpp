@@ -1,0 +1,138 @@
+// Registration only: names, signatures and docstrings of memory_ops._core.
+#include <string>
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "dispatch.hpp"
+#include "op_bindings.hpp"
+
+namespace py = pybind11;
+using namespace memory_ops;
+
+namespace {
+
+int get_num_threads()
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+void set_num_threads(int n)
+{
+    if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+}
+
+std::vector<std::string> names(bool only_supported)
+{
+    std::vector<std::string> out;
+    for (int i = 0; i < target_count; ++i)
+        if (!only_supported || target_supported(i)) out.emplace_back(compiled_target_names[i]);
+    return out;
+}
+
+void set_simd(const py::object& name)
+{
+    if (name.is_none()) {
+        simd_cap().store(0);
+        return;
+    }
+    const std::string s = py::str(name);
+    const int i = find_target(s.c_str());
+    if (i < 0 || !target_supported(i)) {
+        std::string have;
+        for (const auto& n : names(true)) have += (have.empty() ? "" : ", ") + n;
+        throw py::value_error("SIMD target '" + s + "' is " + (i < 0 ? "not compiled into memory_ops" : "not supported by this CPU") +
+                              "; available here: " + have);
+    }
+    simd_cap().store(i);
+}
+
+py::dict build_info()
+{
+    py::dict d;
+    d["simd"] = compiled_target_names[active_target()];
+    d["simd_compiled"] = names(false);
+    d["simd_supported"] = names(true);
+    d["num_threads"] = get_num_threads();
+#ifdef _OPENMP
+    d["openmp"] = _OPENMP;
+#else
+    d["openmp"] = py::none();
+#endif
+    d["xsimd"] = std::to_string(XSIMD_VERSION_MAJOR) + "." + std::to_string(XSIMD_VERSION_MINOR) + "." +
+                 std::to_string(XSIMD_VERSION_PATCH);
+    d["compiler"] = MEMORY_OPS_CXX_COMPILER;
+    d["pybind11"] = std::to_string(PYBIND11_VERSION_MAJOR) + "." + std::to_string(PYBIND11_VERSION_MINOR) + "." +
+                    std::to_string(PYBIND11_VERSION_PATCH);
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m)
+{
+    m.doc() = "memory_ops compiled core: copy-free xsimd + OpenMP kernels. Use the memory_ops package.";
+
+    m.def("scale_copy", &bind::scale_copy, py::arg("input"), py::arg("factor"), py::kw_only(),
+          py::arg("out") = py::none(),
+          R"doc(Return ``input * factor`` as a new array (or in ``out``).
+
+The result dtype is NumPy's (NEP 50): a Python float keeps float32 as float32; a NumPy float64
+scalar makes it float64; integer input with a float factor gives float64. float32/float64/int32/int64
+run natively without converting; other real dtypes are converted once as NumPy promotes them.
+The input may have any shape and strides and is never copied to make it contiguous; the new array
+is C-ordered with the input's shape. ``out`` must be a writable ndarray of the result dtype and
+shape (any strides); ``out`` may be ``input`` itself (in place) or overlap it (the answer is still
+NumPy's). Returns the result (``out`` itself when given).
+
+Raises TypeError for a non-real factor, a non-numeric input or a wrong ``out`` type/dtype;
+ValueError for a wrong ``out`` shape or a read-only ``out``.)doc");
+
+    m.def("scale_inplace", &bind::scale_inplace, py::arg("arr"), py::arg("factor"),
+          R"doc(Multiply ``arr`` by ``factor`` in place (``arr *= factor``); returns None.
+
+``arr`` must be a writable float32 or float64 ndarray in native byte order, with any shape and
+strides; it is never copied. Anything else raises before a byte is written: TypeError for a
+non-ndarray (a list would be converted and the copy lost), another dtype or a non-real factor,
+ValueError for a read-only array. A NumPy float64 scalar factor on a float32 array is applied in
+float64 and rounded back, as NumPy does.)doc");
+
+    m.def("add_arrays", &bind::add_arrays, py::arg("a"), py::arg("b"), py::kw_only(),
+          py::arg("out") = py::none(),
+          R"doc(Return ``a + b`` for arrays of equal shape, as a new array (or in ``out``).
+
+No broadcasting: different shapes raise ValueError naming both, even when the sizes agree.
+The result dtype is NumPy's; float32/float64/int32/int64 pairs run natively (integers wrap like
+NumPy's), other real dtypes are converted once as NumPy promotes them. Inputs of any strides are
+read in place. ``out`` rules are those of scale_copy.)doc");
+
+    m.def("safe_sum", &bind::safe_sum, py::arg("arr"),
+          R"doc(Return the sum of all elements of ``arr`` as a Python number.
+
+Floating input gives a float, accumulated in float64 with compensated summation (float32 widened
+exactly): more accurate than NumPy's pairwise ``arr.sum()``, and bit-identical for any thread count
+and any SIMD target. Integer and bool input gives an exact int computed modulo 2**64 like NumPy's
+int64 (uint64 for unsigned) accumulator. Any shape and strides; the input is never copied unless
+its dtype needs converting (float16, small integers, non-native byte order).)doc");
+
+    m.def("get_num_threads", &get_num_threads,
+          "Number of OpenMP threads a kernel started from this Python thread may use.");
+    m.def("set_num_threads", &set_num_threads, py::arg("n"),
+          "Set the number of OpenMP threads for kernels started from this Python thread (n >= 1).");
+    m.def("simd_arch", [] { return std::string(compiled_target_names[active_target()]); },
+          "Name of the SIMD target the kernels run on (e.g. 'avx512bw', 'avx2', 'sse2', 'neon64').");
+    m.def("_set_simd", &set_simd, py::arg("name"),
+          "Cap the SIMD target at `name` (None: the best this CPU has). For tests and MEMORY_OPS_SIMD.");
+    m.def("_info", &build_info, "Build and run-time facts (see memory_ops.info()).");
+}

@@ -1,0 +1,14 @@
+// The four operations as Python sees them (argument objects in, Python objects out).
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace memory_ops::bind {
+
+pybind11::object scale_copy(const pybind11::object& input, const pybind11::object& factor,
+                            const pybind11::object& out);
+void scale_inplace(const pybind11::object& arr, const pybind11::object& factor);
+pybind11::object add_arrays(const pybind11::object& a, const pybind11::object& b, const pybind11::object& out);
+pybind11::object safe_sum(const pybind11::object& arr);
+
+}  // namespace memory_ops::bind

@@ -1,0 +1,188 @@
+// One binding per op: validate and convert with the GIL held, then release it around the kernel.
+// No arithmetic on elements happens here.
+#include "op_bindings.hpp"
+
+#include <string>
+
+#include "arrays.hpp"
+#include "dispatch.hpp"
+
+namespace memory_ops::bind {
+
+namespace {
+
+bool is_float(native t) { return t == native::f32 || t == native::f64; }
+
+// A Python int/float/bool keeps its NEP 50 "weak" status in promotion; anything else is promoted as
+// the array it became.
+const py::handle& promotion_operand(const py::handle& original, const py::array& converted)
+{
+    const bool python_scalar = PyFloat_CheckExact(original.ptr()) || PyLong_Check(original.ptr());
+    return python_scalar ? original : static_cast<const py::handle&>(converted);
+}
+
+// The shared tail of the element-wise ops: pick where the kernel writes, make inputs that partially
+// overlap it private (NumPy does the same), run `kernel(view)` without the GIL, and deliver the
+// result in NumPy's dtype `result`, into `out` when given (and return that very object).
+template <int N, class Kernel>
+py::object elementwise(const char* op, std::array<py::array, N - 1> inputs, const py::dtype& result,
+                       native compute, const py::object& out, Kernel&& kernel)
+{
+    const bool native_result = result.equal(dtype_of(compute));
+    const bool has_out = !out.is_none();
+    if (has_out) check_out(op, out, result, inputs[0], "NumPy's result dtype for these arguments");
+    py::array target = (has_out && native_result) ? py::reinterpret_borrow<py::array>(out)
+                                                  : empty_like_shape(inputs[0], compute);
+
+    for (auto& in : inputs)
+        if (overlaps_partially(target, in)) in = in.attr("copy")();
+
+    std::array<const py::array*, N> operands{&target};
+    for (int k = 1; k < N; ++k) operands[k] = &inputs[k - 1];
+    const nd_view<N> view = make_view<N>(operands);
+    {
+        // Safe without the GIL: the kernel touches only the raw buffers, which `target` and `inputs`
+        // keep alive until this scope ends; no Python object is used inside.
+        py::gil_scoped_release nogil;
+        kernel(view);
+    }
+
+    if (native_result) return has_out ? out : py::object(target);
+    if (has_out) {
+        numpy().attr("copyto")(out, target, py::arg("casting") = "unsafe");
+        return out;
+    }
+    return target.attr("astype")(result);
+}
+
+}  // namespace
+
+py::object scale_copy(const py::object& input, const py::object& factor, const py::object& out)
+{
+    constexpr const char* op = "scale_copy";
+    check_factor(op, factor);
+    py::array in = input_array(op, "input", input);
+
+    native t;
+    const bool fast = native_of(in.dtype(), t) && is_float(t) && PyFloat_CheckExact(factor.ptr());
+    const py::dtype result = fast ? in.dtype() : result_dtype(op, promotion_operand(input, in), factor);
+    const native compute = fast ? t : compute_type(op, result);
+    in = as_native(in, compute);
+
+    return visit(compute, [&](auto tag) {
+        using C = typename decltype(tag)::type;
+        const C f = fast ? static_cast<C>(PyFloat_AS_DOUBLE(factor.ptr())) : factor_value<C>(factor, result, compute);
+        return elementwise<2>(op, {in}, result, compute, out, [&](const nd_view<2>& v) {
+            run_kernel<scale_kernel>(tag, v, f);
+        });
+    });
+}
+
+void scale_inplace(const py::object& arr, const py::object& factor)
+{
+    constexpr const char* op = "scale_inplace";
+    if (!py::isinstance<py::array>(arr))
+        throw py::type_error(std::string(op) + ": arr must be a NumPy ndarray to modify in place; got " +
+                             py::str(py::type::of(arr).attr("__name__")).cast<std::string>() +
+                             " (a converted copy would be scaled and thrown away)");
+    const auto a = py::reinterpret_borrow<py::array>(arr);
+    native t;
+    if (!native_of(a.dtype(), t) || !is_float(t))
+        throw py::type_error(std::string(op) + ": arr has dtype " + dtype_str(a.dtype()) +
+                             "; expected float32 or float64 in native byte order (in-place work never converts)");
+    check_factor(op, factor);
+    check_writable(op, "arr", a);
+
+    // NumPy's `arr *= factor`: compute in the promoted dtype, store back into arr's dtype. The only
+    // promoted dtype that differs and can be stored back is float64 for a float32 array.
+    native compute = t;
+    py::dtype result = a.dtype();
+    if (!PyFloat_CheckExact(factor.ptr())) {
+        result = result_dtype(op, a, factor);
+        if (t == native::f32 && result.equal(dtype_of(native::f64)))
+            compute = native::f64;
+        else if (!result.equal(a.dtype()))
+            throw py::type_error(std::string(op) + ": a factor of type " +
+                                 py::str(py::type::of(factor).attr("__name__")).cast<std::string>() +
+                                 " promotes the result to " + dtype_str(result) + ", which cannot be stored in a " +
+                                 dtype_str(a.dtype()) + " array in place");
+    }
+
+    const nd_view<2> view = make_view<2>({&a, &a});
+    visit(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        auto run = [&](auto factor_value_c) {
+            py::gil_scoped_release nogil;  // the kernel touches only a's buffer, kept alive by `arr`
+            run_kernel<scale_kernel>(tag, view, factor_value_c);
+        };
+        if (compute == native::f64 && t == native::f32)
+            run(factor_value<double>(factor, result, compute));
+        else if (PyFloat_CheckExact(factor.ptr()))
+            run(static_cast<T>(PyFloat_AS_DOUBLE(factor.ptr())));
+        else
+            run(factor_value<T>(factor, result, compute));
+    });
+}
+
+py::object add_arrays(const py::object& a, const py::object& b, const py::object& out)
+{
+    constexpr const char* op = "add_arrays";
+    py::array x = input_array(op, "a", a);
+    py::array y = input_array(op, "b", b);
+    bool same_shape = x.ndim() == y.ndim();
+    for (py::ssize_t d = 0; same_shape && d < x.ndim(); ++d) same_shape = x.shape(d) == y.shape(d);
+    if (!same_shape)
+        throw py::value_error(std::string(op) + ": shapes " + shape_str(x) + " and " + shape_str(y) +
+                              " differ; add_arrays adds arrays of equal shape and does not broadcast");
+
+    native tx, ty;
+    const bool fast = native_of(x.dtype(), tx) && native_of(y.dtype(), ty) && tx == ty;
+    const py::dtype result = fast ? x.dtype() : result_dtype(op, promotion_operand(a, x), promotion_operand(b, y));
+    const native compute = fast ? tx : compute_type(op, result);
+    x = as_native(x, compute);
+    y = as_native(y, compute);
+
+    return visit(compute, [&](auto tag) {
+        return elementwise<3>(op, {x, y}, result, compute, out, [&](const nd_view<3>& v) {
+            run_kernel<add_kernel>(tag, v);
+        });
+    });
+}
+
+py::object safe_sum(const py::object& arr)
+{
+    constexpr const char* op = "safe_sum";
+    py::array a = input_array(op, "arr", arr);
+    const py::dtype dt = a.dtype();
+    const char kind = dt.kind();
+    native t;
+    if (!native_of(dt, t)) {
+        if (kind == 'f' && dt.itemsize() > 8)
+            throw py::type_error(std::string(op) + ": dtype " + dtype_str(dt) +
+                                 " is not supported (it would lose precision in float64)");
+        // The accumulator decides: float64 for floats (float16 widens exactly to float32), int64
+        // (wrapping like NumPy's) for bool and integers.
+        t = kind == 'f' ? (dt.itemsize() <= 4 ? native::f32 : native::f64)
+                        : (dt.itemsize() <= 2 || (kind == 'i' && dt.itemsize() == 4) || kind == 'b') ? native::i32
+                                                                                                 : native::i64;
+        a = as_native(a, t);
+    }
+
+    const nd_view<1> view = make_view<1>({&a});
+    return visit(t, [&](auto tag) -> py::object {
+        using T = typename decltype(tag)::type;
+        sum_result_t<T> total;
+        {
+            py::gil_scoped_release nogil;  // the kernel reads only a's buffer, kept alive by `a`
+            total = run_kernel<sum_kernel>(tag, view);
+        }
+        if constexpr (std::is_floating_point<T>::value)
+            return py::float_(total);
+        else if (kind == 'u')  // NumPy sums unsigned integers in uint64
+            return py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(total));
+        else
+            return py::reinterpret_steal<py::object>(PyLong_FromLongLong(static_cast<long long>(total)));
+    });
+}
+
+}  // namespace memory_ops::bind

@@ -1,0 +1,132 @@
+// Run-time choice of SIMD target: xsimd::dispatch over the compiled targets, with an optional cap
+// (MEMORY_OPS_SIMD, or memory_ops._core._set_simd for tests) that forces a lower target.
+//
+// A cap is a position in compiled_targets (best first): the kernel runs on the best target at or
+// after that position that this CPU supports. One xsimd dispatcher exists per cap position, each
+// built once (CPU detection runs in its constructor).
+#pragma once
+
+#include <atomic>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#include <xsimd/xsimd.hpp>
+
+#include "simd_targets.hpp"
+
+namespace memory_ops {
+
+inline constexpr int target_count =
+    static_cast<int>(sizeof(compiled_target_names) / sizeof(compiled_target_names[0]));
+
+namespace detail {
+
+template <class S, class A, class = void>
+struct has_has : std::false_type {};
+template <class S, class A>
+struct has_has<S, A, std::void_t<decltype(std::declval<const S&>().has(A{}))>> : std::true_type {};
+
+// Newer xsimd answers with .has(arch); 8.x with the version rank its own dispatcher compares.
+template <class Arch, class Available>
+bool supports(const Available& available) noexcept
+{
+    if constexpr (has_has<Available, Arch>::value)
+        return available.has(Arch{});
+    else
+        return Arch::version() <= available.best;
+}
+
+template <class Arch>
+bool cpu_supports(Arch) noexcept
+{
+    return supports<Arch>(xsimd::available_architectures());
+}
+
+template <class... Archs>
+void fill_supported(xsimd::arch_list<Archs...>, bool* out) noexcept
+{
+    int i = 0;
+    ((out[i++] = cpu_supports(Archs{})), ...);
+}
+
+}  // namespace detail
+
+// Whether this CPU runs compiled target i (best first).
+inline bool target_supported(int i) noexcept
+{
+    static const auto table = [] {
+        struct {
+            bool v[target_count];
+        } t{};
+        detail::fill_supported(compiled_targets{}, t.v);
+        return t;
+    }();
+    return i >= 0 && i < target_count && table.v[i];
+}
+
+// The cap in force: 0 means "the best this CPU has".
+inline std::atomic<int>& simd_cap() noexcept
+{
+    static std::atomic<int> cap{0};
+    return cap;
+}
+
+// Position of a target by name, or -1.
+inline int find_target(const char* name) noexcept
+{
+    for (int i = 0; i < target_count; ++i)
+        if (std::strcmp(compiled_target_names[i], name) == 0) return i;
+    return -1;
+}
+
+// The target the kernels run on under the current cap.
+inline int active_target() noexcept
+{
+    for (int i = simd_cap().load(std::memory_order_relaxed); i < target_count; ++i)
+        if (target_supported(i)) return i;
+    return target_count - 1;  // the baseline target is always runnable
+}
+
+// Calls F{}(Arch{}, args...) for the target chosen under the cap. One xsimd dispatcher per suffix of
+// the target list.
+template <class F, class List>
+class capped_dispatch;
+
+template <class F, class A>
+class capped_dispatch<F, xsimd::arch_list<A>> {
+    decltype(xsimd::dispatch<xsimd::arch_list<A>>(std::declval<F>())) here_ =
+        xsimd::dispatch<xsimd::arch_list<A>>(F{});
+
+public:
+    template <class... Args>
+    decltype(auto) operator()(int, Args&&... args) noexcept
+    {
+        return here_(std::forward<Args>(args)...);
+    }
+};
+
+template <class F, class A, class Next, class... Rest>
+class capped_dispatch<F, xsimd::arch_list<A, Next, Rest...>> {
+    decltype(xsimd::dispatch<xsimd::arch_list<A, Next, Rest...>>(std::declval<F>())) here_ =
+        xsimd::dispatch<xsimd::arch_list<A, Next, Rest...>>(F{});
+    capped_dispatch<F, xsimd::arch_list<Next, Rest...>> rest_;
+
+public:
+    template <class... Args>
+    decltype(auto) operator()(int cap, Args&&... args) noexcept
+    {
+        if (cap > 0) return rest_(cap - 1, std::forward<Args>(args)...);
+        return here_(std::forward<Args>(args)...);
+    }
+};
+
+// Runs kernel F on the target chosen under the current cap. The dispatchers are built on first use.
+template <class F, class... Args>
+decltype(auto) run_kernel(Args&&... args) noexcept
+{
+    static capped_dispatch<F, compiled_targets> dispatcher;
+    return dispatcher(simd_cap().load(std::memory_order_relaxed), std::forward<Args>(args)...);
+}
+
+}  // namespace memory_ops

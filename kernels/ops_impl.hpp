@@ -1,0 +1,306 @@
+// Definitions of the kernels declared in ops.hpp. Included only by the per-target translation units
+// (kernels/arch.cpp.in), each compiled with its own target's flags.
+//
+// Every helper here is in an unnamed namespace or templated on the architecture: an inline function
+// shared by name between translation units compiled with different -m flags could be merged by the
+// linker into the copy built for the widest target and then run on a CPU without it.
+#pragma once
+
+#include <cmath>
+#include <cstring>
+#include <new>
+
+#include "ops.hpp"
+#include "parallel.hpp"
+
+namespace memory_ops {
+namespace {
+
+// Loads and stores through memcpy: the element may sit at any byte address (NumPy allows unaligned
+// arrays), and a plain dereference would be undefined there. Compiles to one move.
+template <class T>
+inline T load1(const char* p) noexcept
+{
+    T x;
+    std::memcpy(&x, p, sizeof x);
+    return x;
+}
+
+template <class T>
+inline void store1(char* p, T x) noexcept
+{
+    std::memcpy(p, &x, sizeof x);
+}
+
+// Integer arithmetic wraps modulo 2^bits like NumPy's; done in unsigned types, where it is defined.
+template <class T>
+inline T mul1(T a, T b) noexcept
+{
+    if constexpr (std::is_integral<T>::value) {
+        using U = std::make_unsigned_t<T>;
+        return static_cast<T>(static_cast<U>(static_cast<U>(a) * static_cast<U>(b)));
+    } else {
+        return a * b;
+    }
+}
+
+template <class T>
+inline T add1(T a, T b) noexcept
+{
+    if constexpr (std::is_integral<T>::value) {
+        using U = std::make_unsigned_t<T>;
+        return static_cast<T>(static_cast<U>(static_cast<U>(a) + static_cast<U>(b)));
+    } else {
+        return a + b;
+    }
+}
+
+// Knuth's TwoSum: s + x = s' + err exactly, for any magnitudes, without branches. The error goes to
+// the compensation c. Works on scalars and on xsimd batches alike.
+template <class V>
+inline void two_sum(V& s, V x, V& c) noexcept
+{
+    const V t = s + x;
+    const V bp = t - s;
+    const V err = (s - (t - bp)) + (x - bp);
+    s = t;
+    c = c + err;
+}
+
+// ---- scale ------------------------------------------------------------------------------------
+
+// One run of n elements, contiguous in both operands. in == out allowed. No alignment assumed.
+template <class A, class T>
+void scale_contiguous(T* out, const T* in, index_t n, T factor) noexcept
+{
+    using B = xsimd::batch<T, A>;
+    constexpr index_t W = B::size;
+    const B f(factor);
+    index_t i = 0;
+    for (; i + 4 * W <= n; i += 4 * W) {
+        const B x0 = B::load_unaligned(in + i);
+        const B x1 = B::load_unaligned(in + i + W);
+        const B x2 = B::load_unaligned(in + i + 2 * W);
+        const B x3 = B::load_unaligned(in + i + 3 * W);
+        (x0 * f).store_unaligned(out + i);
+        (x1 * f).store_unaligned(out + i + W);
+        (x2 * f).store_unaligned(out + i + 2 * W);
+        (x3 * f).store_unaligned(out + i + 3 * W);
+    }
+    for (; i + W <= n; i += W) (B::load_unaligned(in + i) * f).store_unaligned(out + i);
+    for (; i < n; ++i) out[i] = mul1(in[i], factor);
+}
+
+template <class A, class T, class C>
+void scale_run(char* out, const char* in, index_t n, index_t out_step, index_t in_step,
+               C factor) noexcept
+{
+    constexpr index_t size = sizeof(T);
+    const bool aligned = reinterpret_cast<std::uintptr_t>(out) % alignof(T) == 0 &&
+                         reinterpret_cast<std::uintptr_t>(in) % alignof(T) == 0;
+    if constexpr (std::is_same<T, C>::value) {
+        if (out_step == size && in_step == size && aligned) {
+            scale_contiguous<A>(reinterpret_cast<T*>(out), reinterpret_cast<const T*>(in), n, factor);
+            return;
+        }
+    }
+    // Strided, unaligned, or float32 storage computed in float64 (rare: a NumPy float64 scalar
+    // factor on a float32 array in place); the compiler vectorizes what it can.
+    for (index_t i = 0; i < n; ++i)
+        store1<T>(out + i * out_step, static_cast<T>(mul1(static_cast<C>(load1<T>(in + i * in_step)), factor)));
+}
+
+// ---- add --------------------------------------------------------------------------------------
+
+// One run of n elements, contiguous in all three operands. out may equal a and/or b.
+template <class A, class T>
+void add_contiguous(T* out, const T* a, const T* b, index_t n) noexcept
+{
+    using B = xsimd::batch<T, A>;
+    constexpr index_t W = B::size;
+    index_t i = 0;
+    for (; i + 2 * W <= n; i += 2 * W) {
+        const B s0 = B::load_unaligned(a + i) + B::load_unaligned(b + i);
+        const B s1 = B::load_unaligned(a + i + W) + B::load_unaligned(b + i + W);
+        s0.store_unaligned(out + i);
+        s1.store_unaligned(out + i + W);
+    }
+    for (; i + W <= n; i += W) (B::load_unaligned(a + i) + B::load_unaligned(b + i)).store_unaligned(out + i);
+    for (; i < n; ++i) out[i] = add1(a[i], b[i]);
+}
+
+// ---- sum --------------------------------------------------------------------------------------
+
+// The state of one block's sum_lanes accumulators. Element j of a run goes to lane j % sum_lanes,
+// whatever the SIMD width, so every target performs the same operations in the same order.
+template <class T>
+struct sum_state;
+
+template <class T>
+struct sum_partial;
+
+struct float_partial {
+    double hi = 0.0;
+    double lo = 0.0;  // accumulated rounding errors (and the lanes' compensations)
+};
+
+template <>
+struct sum_state<double> {
+    double s[sum_lanes] = {};
+    double c[sum_lanes] = {};
+};
+
+template <>
+struct sum_state<std::uint64_t> {
+    std::uint64_t s[sum_lanes] = {};
+};
+
+inline void add_partial(float_partial& acc, double s, double c) noexcept
+{
+    double err = 0.0;
+    two_sum(acc.hi, s, err);
+    acc.lo += err + c;
+}
+
+inline float_partial finish(const sum_state<double>& st) noexcept
+{
+    float_partial p;
+    for (index_t j = 0; j < sum_lanes; ++j) add_partial(p, st.s[j], st.c[j]);
+    return p;
+}
+
+inline std::uint64_t finish(const sum_state<std::uint64_t>& st) noexcept
+{
+    std::uint64_t total = 0;
+    for (index_t j = 0; j < sum_lanes; ++j) total += st.s[j];
+    return total;
+}
+
+inline void combine(float_partial& acc, const float_partial& p) noexcept { add_partial(acc, p.hi, p.lo); }
+inline void combine(std::uint64_t& acc, std::uint64_t p) noexcept { acc += p; }
+
+inline double result(const float_partial& p) noexcept
+{
+    // A non-finite running sum (inf, NaN) is the answer as plain summation gives it; the
+    // compensation is meaningless (inf - inf) there.
+    return std::isfinite(p.hi) ? p.hi + p.lo : p.hi;
+}
+inline std::uint64_t result(std::uint64_t p) noexcept { return p; }
+
+// Adds one run of n elements (byte step `step`) into st, element j into lane j % sum_lanes.
+template <class A, class T>
+void accumulate(sum_state<double>& st, const char* p, index_t n, index_t step) noexcept
+{
+    index_t i = 0;
+    if (step == index_t{sizeof(T)} && reinterpret_cast<std::uintptr_t>(p) % alignof(T) == 0) {
+        using B = xsimd::batch<double, A>;
+        constexpr index_t W = B::size;
+        constexpr index_t NB = sum_lanes / W;
+        static_assert(sum_lanes % W == 0, "sum_lanes must be a multiple of the batch width");
+        const T* x = reinterpret_cast<const T*>(p);
+        B s[NB], c[NB];
+        for (index_t k = 0; k < NB; ++k) {
+            s[k] = B::load_unaligned(st.s + k * W);
+            c[k] = B::load_unaligned(st.c + k * W);
+        }
+        for (; i + sum_lanes <= n; i += sum_lanes)
+            for (index_t k = 0; k < NB; ++k) two_sum(s[k], B::load_unaligned(x + i + k * W), c[k]);
+        for (index_t k = 0; k < NB; ++k) {
+            s[k].store_unaligned(st.s + k * W);
+            c[k].store_unaligned(st.c + k * W);
+        }
+    }
+    for (; i < n; ++i) {
+        const index_t j = i % sum_lanes;
+        two_sum(st.s[j], static_cast<double>(load1<T>(p + i * step)), st.c[j]);
+    }
+}
+
+template <class A, class T>
+void accumulate(sum_state<std::uint64_t>& st, const char* p, index_t n, index_t step) noexcept
+{
+    // Lanes hold int64 two's complement bits; SIMD integer adds wrap like the unsigned scalar ones.
+    index_t i = 0;
+    if (step == index_t{sizeof(T)} && reinterpret_cast<std::uintptr_t>(p) % alignof(T) == 0) {
+        using B = xsimd::batch<std::int64_t, A>;
+        constexpr index_t W = B::size;
+        constexpr index_t NB = sum_lanes / W;
+        static_assert(sum_lanes % W == 0, "sum_lanes must be a multiple of the batch width");
+        const T* x = reinterpret_cast<const T*>(p);
+        auto* lanes = reinterpret_cast<std::int64_t*>(st.s);  // signed/unsigned may alias
+        B s[NB];
+        for (index_t k = 0; k < NB; ++k) s[k] = B::load_unaligned(lanes + k * W);
+        for (; i + sum_lanes <= n; i += sum_lanes)
+            for (index_t k = 0; k < NB; ++k) s[k] = s[k] + B::load_unaligned(x + i + k * W);  // widens int32
+        for (index_t k = 0; k < NB; ++k) s[k].store_unaligned(lanes + k * W);
+    }
+    for (; i < n; ++i)
+        st.s[i % sum_lanes] += static_cast<std::uint64_t>(static_cast<std::int64_t>(load1<T>(p + i * step)));
+}
+
+}  // namespace
+
+// ---- the functors -----------------------------------------------------------------------------
+
+template <class Arch, class T, class C>
+void scale_kernel::operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) const noexcept
+{
+    parallel_for(v.size(), element_grain, 1, [&](index_t begin, index_t end) {
+        for_each_run(v, begin, end, [&](char* const* p, index_t n, const index_t* step) {
+            scale_run<Arch, T, C>(p[0], p[1], n, step[0], step[1], factor);
+        });
+    });
+}
+
+template <class Arch, class T>
+void add_kernel::operator()(Arch, type_tag<T>, const nd_view<3>& v) const noexcept
+{
+    parallel_for(v.size(), element_grain, 1, [&](index_t begin, index_t end) {
+        for_each_run(v, begin, end, [&](char* const* p, index_t n, const index_t* step) {
+            constexpr index_t size = sizeof(T);
+            bool aligned = true;
+            for (int k = 0; k < 3; ++k) aligned = aligned && reinterpret_cast<std::uintptr_t>(p[k]) % alignof(T) == 0;
+            if (step[0] == size && step[1] == size && step[2] == size && aligned) {
+                add_contiguous<Arch>(reinterpret_cast<T*>(p[0]), reinterpret_cast<const T*>(p[1]),
+                                     reinterpret_cast<const T*>(p[2]), n);
+                return;
+            }
+            for (index_t i = 0; i < n; ++i)
+                store1<T>(p[0] + i * step[0], add1(load1<T>(p[1] + i * step[1]), load1<T>(p[2] + i * step[2])));
+        });
+    });
+}
+
+template <class Arch, class T>
+sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) const noexcept
+{
+    using R = sum_result_t<T>;
+    using partial = std::conditional_t<std::is_floating_point<T>::value, float_partial, std::uint64_t>;
+    const index_t n = v.size();
+    const index_t blocks = (n + sum_block - 1) / sum_block;
+    auto block = [&](index_t b) {
+        sum_state<R> st;
+        for_each_run(v, b * sum_block, std::min(n, (b + 1) * sum_block),
+                     [&](char* const* p, index_t count, const index_t* step) {
+                         accumulate<Arch, T>(st, p[0], count, step[0]);
+                     });
+        return finish(st);
+    };
+
+    // Block partials are combined in index order whether they were computed by one thread or many,
+    // so the result does not depend on the thread count. Partials take 1/512 of the input's size.
+    partial total{};
+    partial* partials = blocks > 1 ? new (std::nothrow) partial[static_cast<std::size_t>(blocks)] : nullptr;
+    if (partials == nullptr) {
+        for (index_t b = 0; b < blocks; ++b) combine(total, block(b));
+        return result(total);
+    }
+    parallel_for(blocks, 1, sum_block, [&](index_t b0, index_t b1) {
+        for (index_t b = b0; b < b1; ++b) partials[b] = block(b);
+    });
+    for (index_t b = 0; b < blocks; ++b) combine(total, partials[b]);
+    delete[] partials;
+    return result(total);
+}
+
+}  // namespace memory_ops

@@ -1,0 +1,56 @@
+// Where the number of threads and the chunking are decided: the one OpenMP helper every kernel uses.
+//
+// Work is split into one contiguous chunk per thread (a static schedule), each chunk a whole multiple
+// of `grain` items, so only the last chunk has a tail and, for grain = 64 elements, no two threads
+// write the same cache line of a 64-byte-aligned output. Below `serial_threshold` elements of work
+// there is no parallel region at all: waking a team costs more than it saves there.
+#pragma once
+
+#include <algorithm>
+
+#include "layout.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace memory_ops {
+
+// Elements of work below which a kernel runs on the calling thread alone. Chosen from measurements
+// of the fork/join cost against per-element time; see README, "Serial/parallel threshold".
+inline constexpr index_t serial_threshold = index_t{1} << 15;
+
+// Items per chunk boundary for element-wise kernels: a multiple of every SIMD batch width and one
+// 512-byte stretch of float64 (8 cache lines).
+inline constexpr index_t element_grain = 64;
+
+// Calls f(begin, end) on disjoint ranges covering [0, n_items), in parallel when the work (n_items *
+// cost_per_item elements) reaches serial_threshold. Chunk boundaries are multiples of `grain`.
+// f must not throw.
+template <class F>
+void parallel_for(index_t n_items, index_t grain, index_t cost_per_item, F&& f) noexcept
+{
+    if (n_items <= 0) return;
+#ifdef _OPENMP
+    const index_t max_chunks = (n_items + grain - 1) / grain;
+    const int threads = (n_items * cost_per_item < serial_threshold)
+                            ? 1
+                            : static_cast<int>(std::min<index_t>(omp_get_max_threads(), max_chunks));
+    if (threads > 1) {
+        const index_t per_thread = (max_chunks + threads - 1) / threads * grain;
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int t = 0; t < threads; ++t) {
+            const index_t begin = t * per_thread;
+            const index_t end = std::min(n_items, begin + per_thread);
+            if (begin < end) f(begin, end);
+        }
+        return;
+    }
+#else
+    (void)grain;
+    (void)cost_per_item;
+#endif
+    f(index_t{0}, n_items);
+}
+
+}  // namespace memory_ops
