@@ -134,5 +134,10 @@ its dtype needs converting (float16, small integers, non-native byte order).)doc
           "Name of the SIMD target the kernels run on (e.g. 'avx512bw', 'avx2', 'sse2', 'neon64').");
     m.def("_set_simd", &set_simd, py::arg("name"),
           "Cap the SIMD target at `name` (None: the best this CPU has). For tests and MEMORY_OPS_SIMD.");
+    m.def("_stream", &bind::stream, py::arg("op"), py::arg("dst"), py::arg("a"), py::arg("b"),
+          py::arg("scalar") = 0.0,
+          "STREAM-style bandwidth reference on contiguous float64 arrays, for memory_ops.bench: op is "
+          "copy (dst=a), scale (dst=scalar*a), add (dst=a+b), sum (returns sum(a)) or touch (one write per "
+          "4 KiB page of dst). Uses get_num_threads() threads, without the GIL.");
     m.def("_info", &build_info, "Build and run-time facts (see memory_ops.info()).");
 }

@@ -63,6 +63,18 @@ struct sum_kernel {
     sum_result_t<T> operator()(Arch, type_tag<T>, const nd_view<1>& v) const noexcept;
 };
 
+// STREAM-style reference loops on contiguous float64 arrays of n elements (no overlap between dst
+// and the inputs): the memory-bandwidth yardstick the benchmark measures the real kernels against.
+//   copy: dst = a   scale: dst = s * a   add: dst = a + b   sum: returns the sum of a (plain, not
+//   compensated)   touch: writes one zero per 4 KiB page of dst (the first-touch cost of a fresh buffer)
+enum class stream_op { copy, scale, add, sum, touch };
+
+struct stream_kernel {
+    template <class Arch>
+    double operator()(Arch, stream_op op, double* dst, const double* a, const double* b, double s,
+                      index_t n) const noexcept;
+};
+
 // Every (kernel, element type) pair that runs natively. PREFIX is `extern` for declarations, empty
 // for the explicit instantiations in each target's translation unit.
 #define MEMORY_OPS_KERNELS(PREFIX, ARCH)                                                              \
@@ -91,7 +103,9 @@ struct sum_kernel {
     PREFIX template std::uint64_t sum_kernel::operator()<ARCH, std::int32_t>(                        \
         ARCH, type_tag<std::int32_t>, const nd_view<1>&) const noexcept;                             \
     PREFIX template std::uint64_t sum_kernel::operator()<ARCH, std::int64_t>(                        \
-        ARCH, type_tag<std::int64_t>, const nd_view<1>&) const noexcept;
+        ARCH, type_tag<std::int64_t>, const nd_view<1>&) const noexcept;                             \
+    PREFIX template double stream_kernel::operator()<ARCH>(ARCH, stream_op, double*, const double*,   \
+                                                           const double*, double, index_t) const noexcept;
 
 #define MEMORY_OPS_DECLARE_TARGET(ARCH) MEMORY_OPS_KERNELS(extern, ARCH)
 MEMORY_OPS_FOR_EACH_TARGET(MEMORY_OPS_DECLARE_TARGET)

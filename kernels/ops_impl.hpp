@@ -303,4 +303,70 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
     return result(total);
 }
 
+template <class Arch>
+double stream_kernel::operator()(Arch, stream_op op, double* dst, const double* a, const double* b, double s,
+                                 index_t n) const noexcept
+{
+    using B = xsimd::batch<double, Arch>;
+    constexpr index_t W = B::size;
+    switch (op) {
+    case stream_op::copy:
+    case stream_op::scale:
+    case stream_op::add:
+        parallel_for(n, element_grain, 1, [&](index_t begin, index_t end) {
+            index_t i = begin;
+            if (op == stream_op::copy) {
+                for (; i + W <= end; i += W) B::load_unaligned(a + i).store_unaligned(dst + i);
+                for (; i < end; ++i) dst[i] = a[i];
+            } else if (op == stream_op::scale) {
+                const B f(s);
+                for (; i + W <= end; i += W) (f * B::load_unaligned(a + i)).store_unaligned(dst + i);
+                for (; i < end; ++i) dst[i] = s * a[i];
+            } else {
+                for (; i + W <= end; i += W) (B::load_unaligned(a + i) + B::load_unaligned(b + i)).store_unaligned(dst + i);
+                for (; i < end; ++i) dst[i] = a[i] + b[i];
+            }
+        });
+        return 0.0;
+    case stream_op::touch: {
+        constexpr index_t page = 4096 / sizeof(double);
+        parallel_for(n, page, 1, [&](index_t begin, index_t end) {
+            for (index_t i = begin; i < end; i += page) dst[i] = 0.0;
+        });
+        return 0.0;
+    }
+    case stream_op::sum:
+        break;
+    }
+    // Plain SIMD sum with four independent accumulators per block; block sums added in order.
+    constexpr index_t block = index_t{1} << 16;
+    const index_t blocks = (n + block - 1) / block;
+    auto block_sum = [&](index_t k) {
+        const index_t begin = k * block, end = std::min(n, begin + block);
+        B acc0(0.0), acc1(0.0), acc2(0.0), acc3(0.0);
+        index_t i = begin;
+        for (; i + 4 * W <= end; i += 4 * W) {
+            acc0 += B::load_unaligned(a + i);
+            acc1 += B::load_unaligned(a + i + W);
+            acc2 += B::load_unaligned(a + i + 2 * W);
+            acc3 += B::load_unaligned(a + i + 3 * W);
+        }
+        double lanes[W];
+        ((acc0 + acc1) + (acc2 + acc3)).store_unaligned(lanes);
+        double total = 0.0;
+        for (index_t j = 0; j < W; ++j) total += lanes[j];
+        for (; i < end; ++i) total += a[i];
+        return total;
+    };
+    double* partial = new (std::nothrow) double[static_cast<std::size_t>(blocks > 0 ? blocks : 1)];
+    if (partial == nullptr) return 0.0;
+    parallel_for(blocks, 1, block, [&](index_t k0, index_t k1) {
+        for (index_t k = k0; k < k1; ++k) partial[k] = block_sum(k);
+    });
+    double total = 0.0;
+    for (index_t k = 0; k < blocks; ++k) total += partial[k];
+    delete[] partial;
+    return total;
+}
+
 }  // namespace memory_ops

@@ -1,0 +1,49 @@
+// The benchmark's bandwidth yardstick (memory_ops._core._stream): validation and GIL release only.
+#include "op_bindings.hpp"
+
+#include <string>
+
+#include "arrays.hpp"
+#include "dispatch.hpp"
+
+namespace memory_ops::bind {
+
+namespace {
+
+double* contiguous_f64(const py::object& obj, const char* name, bool writable, py::ssize_t& n)
+{
+    if (!py::isinstance<py::array>(obj))
+        throw py::type_error(std::string("_stream: ") + name + " must be an ndarray");
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    if (!a.dtype().equal(py::dtype::of<double>()) || !(a.flags() & py::array::c_style))
+        throw py::type_error(std::string("_stream: ") + name + " must be a C-contiguous float64 array");
+    if (writable) check_writable("_stream", name, a);
+    if (n >= 0 && a.size() != n) throw py::value_error("_stream: arrays differ in size");
+    n = a.size();
+    return static_cast<double*>(const_cast<void*>(a.data()));
+}
+
+}  // namespace
+
+double stream(const std::string& op, const py::object& dst, const py::object& a, const py::object& b, double s)
+{
+    static const std::pair<const char*, stream_op> ops[] = {{"copy", stream_op::copy}, {"scale", stream_op::scale},
+                                                           {"add", stream_op::add},   {"sum", stream_op::sum},
+                                                           {"touch", stream_op::touch}};
+    stream_op which{};
+    bool found = false;
+    for (const auto& [name, value] : ops)
+        if (op == name) which = value, found = true;
+    if (!found) throw py::value_error("_stream: unknown op '" + op + "' (copy, scale, add, sum, touch)");
+
+    py::ssize_t n = -1;
+    const bool needs_dst = which != stream_op::sum, needs_a = which != stream_op::touch, needs_b = which == stream_op::add;
+    double* d = needs_dst ? contiguous_f64(dst, "dst", true, n) : nullptr;
+    const double* x = needs_a ? contiguous_f64(a, "a", false, n) : nullptr;
+    const double* y = needs_b ? contiguous_f64(b, "b", false, n) : nullptr;
+    // Safe without the GIL: only raw buffers of arrays the caller's arguments keep alive.
+    py::gil_scoped_release nogil;
+    return run_kernel<stream_kernel>(which, d, x, y, s, static_cast<index_t>(n));
+}
+
+}  // namespace memory_ops::bind
