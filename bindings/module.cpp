@@ -1,4 +1,6 @@
 // Registration only: names, signatures and docstrings of memory_ops._core.
+#include <pthread.h>
+
 #include <string>
 
 #include <pybind11/pybind11.h>
@@ -9,6 +11,7 @@
 #endif
 
 #include "dispatch.hpp"
+#include "parallel.hpp"
 #include "op_bindings.hpp"
 
 namespace py = pybind11;
@@ -82,6 +85,9 @@ py::dict build_info()
 
 PYBIND11_MODULE(_core, m)
 {
+    // See fork_guard in kernels/parallel.hpp: a fork child must not enter libgomp's dead pool.
+    pthread_atfork(nullptr, nullptr, [] { on_fork_child(); });
+
     m.doc() = "memory_ops compiled core: copy-free xsimd + OpenMP kernels. Use the memory_ops package.";
 
     m.def("scale_copy", &bind::scale_copy, py::arg("input"), py::arg("factor"), py::kw_only(),

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 
 #include "layout.hpp"
 
@@ -24,6 +25,24 @@ inline constexpr index_t serial_threshold = index_t{1} << 15;
 // 512-byte stretch of float64 (8 cache lines).
 inline constexpr index_t element_grain = 64;
 
+// Fork safety. libgomp's thread pool does not survive fork(): in a child of a process that has run a
+// parallel region, the next region waits forever for threads that no longer exist. So a child forked
+// after the first parallel region runs every kernel serially (spawned children are unaffected).
+// Set by the pthread_atfork child handler that bindings/module.cpp installs.
+struct fork_state {
+    std::atomic<bool> team_started{false};  // a parallel region has run in this process
+    std::atomic<bool> serial_only{false};   // this process is a fork child of such a process
+};
+inline fork_state& fork_guard() noexcept
+{
+    static fork_state state;
+    return state;
+}
+inline void on_fork_child() noexcept
+{
+    if (fork_guard().team_started.load()) fork_guard().serial_only.store(true);
+}
+
 // Calls f(begin, end) on disjoint ranges covering [0, n_items), in parallel when the work (n_items *
 // cost_per_item elements) reaches serial_threshold. Chunk boundaries are multiples of `grain`.
 // f must not throw.
@@ -33,10 +52,11 @@ void parallel_for(index_t n_items, index_t grain, index_t cost_per_item, F&& f) 
     if (n_items <= 0) return;
 #ifdef _OPENMP
     const index_t max_chunks = (n_items + grain - 1) / grain;
-    const int threads = (n_items * cost_per_item < serial_threshold)
+    const int threads = (n_items * cost_per_item < serial_threshold || fork_guard().serial_only.load(std::memory_order_relaxed))
                             ? 1
                             : static_cast<int>(std::min<index_t>(omp_get_max_threads(), max_chunks));
     if (threads > 1) {
+        fork_guard().team_started.store(true, std::memory_order_relaxed);
         const index_t per_thread = (max_chunks + threads - 1) / threads * grain;
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (int t = 0; t < threads; ++t) {

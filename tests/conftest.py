@@ -1,0 +1,178 @@
+"""Shared fixtures and helpers for the memory_ops test suite.
+
+NumPy is the oracle everywhere: helpers here compare a memory_ops result with NumPy's answer bit for
+bit (dtype, shape and, for floating dtypes, the IEEE bit pattern, NaN payloads excepted).
+"""
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # the package is built in place at the repo root
+    sys.path.insert(0, str(REPO_ROOT))
+
+import memory_ops  # noqa: E402  (conftest lives in tests/, the package at the repo root)
+
+SIMD_TARGETS = list(memory_ops.info()["simd_supported"])
+
+# Sizes that hit every SIMD tail: 0, below one batch, around batch multiples (4/8/16 lanes, unroll
+# by 2 or 4), well above, and across the serial/parallel threshold (2**15 elements).
+TAIL_SIZES = [0, 1, 2, 3, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 1000, 4097, 2**15 + 3, 2**16 + 5]
+
+_UINT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+    """The repository root (the directory holding memory_ops/), derived from this file's location."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="module", params=SIMD_TARGETS, ids=[f"simd={t}" for t in SIMD_TARGETS])
+def simd(request):
+    """Run the requesting tests once per SIMD target this CPU supports; restore the target after.
+
+    Use in a module with ``pytestmark = pytest.mark.usefixtures("simd")`` so that every value test
+    of the module runs under every target. Module-scoped so hypothesis tests can use it too.
+    """
+    previous = memory_ops.simd_arch()
+    memory_ops._core._set_simd(request.param)
+    assert memory_ops.simd_arch() == request.param
+    try:
+        yield request.param
+    finally:
+        memory_ops._core._set_simd(previous)
+
+
+@pytest.fixture(params=[1, 2], ids=["threads=1", "threads=2"])
+def nthreads(request):
+    """Run the requesting test with 1 and with 2 OpenMP threads; restore the count after."""
+    with memory_ops.threads(request.param):
+        assert memory_ops.get_num_threads() == request.param
+        yield request.param
+
+
+@contextmanager
+def numpy_quiet():
+    """NumPy as the oracle computes through overflow/invalid/cast warnings (pytest makes them errors)."""
+    with np.errstate(all="ignore"):
+        yield
+
+
+def float_bits(a):
+    """The bit pattern of a floating array as unsigned integers of the same size."""
+    a = np.asarray(a)
+    return a.view(_UINT_OF_SIZE[a.dtype.itemsize])
+
+
+def assert_same_array(got, expected, *, check_type=True):
+    """Assert got equals NumPy's `expected` exactly: ndarray, dtype, shape and values.
+
+    Floating values are compared by their bit patterns (so -0.0 != 0.0 and subnormals count) where
+    both are not NaN; NaN positions must agree (payloads are not compared).
+    """
+    if check_type:
+        assert isinstance(got, np.ndarray), f"expected an ndarray, got {type(got).__name__}"
+    expected = np.asarray(expected)
+    got_arr = np.asarray(got)
+    assert got_arr.dtype == expected.dtype, f"dtype {got_arr.dtype} != NumPy's {expected.dtype}"
+    assert got_arr.shape == expected.shape, f"shape {got_arr.shape} != NumPy's {expected.shape}"
+    if got_arr.dtype.kind == "f":
+        got_nan = np.isnan(got_arr)
+        exp_nan = np.isnan(expected)
+        np.testing.assert_array_equal(got_nan, exp_nan, err_msg="NaN positions differ")
+        got_bits = np.ascontiguousarray(got_arr)[~got_nan].astype(got_arr.dtype.newbyteorder("="))
+        exp_bits = np.ascontiguousarray(expected)[~exp_nan].astype(expected.dtype.newbyteorder("="))
+        np.testing.assert_array_equal(
+            float_bits(got_bits), float_bits(exp_bits), err_msg=f"bit patterns differ\n got={got_arr!r}\n exp={expected!r}"
+        )
+    else:
+        np.testing.assert_array_equal(got_arr, expected, strict=True)
+
+
+def snapshot(a):
+    """Bytes of everything an array's view covers, for 'was it modified?' checks (any layout)."""
+    a = np.asarray(a)
+    return a.dtype, a.shape, a.copy(order="K").tobytes()
+
+
+def make_layout(base_1d, layout):
+    """A view of (a copy of) base_1d's values in the named memory layout, with the values kept.
+
+    Returns (view, keepalive) where keepalive is the underlying buffer owner. The view has the
+    same element values as base_1d (1-d, same length) except for 2-d layouts, which reshape.
+    """
+    n = base_1d.size
+    dt = base_1d.dtype
+    if layout == "contiguous":
+        v = base_1d.copy()
+        return v, v
+    if layout == "step3":
+        big = np.zeros(3 * n, dtype=dt)
+        v = big[::3]
+    elif layout == "neg_step2":
+        big = np.zeros(2 * n, dtype=dt)
+        v = big[::-2]
+    elif layout == "unaligned":
+        buf = bytearray(dt.itemsize * n + 1)
+        v = np.frombuffer(buf, dtype=dt, offset=1, count=n)
+        assert v.flags.writeable and (n == 0 or dt.itemsize == 1 or not v.flags.aligned)
+        big = buf
+    elif layout == "struct_field":
+        # A packed record: field 'v' is read with byte stride itemsize + 4 (12 for float64).
+        big = np.zeros(n, dtype=[("v", dt), ("pad", "f4")])
+        big["pad"] = np.float32(7.5)
+        v = big["v"]
+    else:
+        raise ValueError(layout)
+    v[...] = base_1d
+    return v, big
+
+
+LAYOUTS_1D = ["contiguous", "step3", "neg_step2", "unaligned", "struct_field"]
+
+
+def nd_views(values):
+    """Named N-d views over copies of `values` (any 1-d array of >= 24 elements), in many layouts."""
+    v = values[:24]
+    c = v.reshape(2, 3, 4).copy()
+    out = {
+        "c_3d": c,
+        "f_3d": np.asfortranarray(c),
+        "transposed_3d": c.copy().transpose(2, 0, 1),
+        "neg_strides_3d": c.copy()[::-1, :, ::-1],
+        "sliced_2d": v.reshape(4, 6).copy()[::2, ::-3],
+        "transposed_2d": v.reshape(4, 6).copy().T,
+        "5d": v.reshape(2, 1, 3, 2, 2).copy(),
+        "5d_swapped": v.reshape(2, 1, 3, 2, 2).copy().swapaxes(0, 4)[::-1],
+        "empty_3x0": np.empty((3, 0), dtype=v.dtype),
+        "empty_0": np.empty((0,), dtype=v.dtype),
+        "0d": np.array(v[5]),
+    }
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """Every test leaves the SIMD cap and the thread count as it found them."""
+    arch = memory_ops.simd_arch()
+    threads = memory_ops.get_num_threads()
+    yield
+    assert memory_ops.get_num_threads() == threads, "test leaked a thread-count change"
+    assert memory_ops.simd_arch() == arch, "test leaked a SIMD target change"
+
+
+def subprocess_env(repo_root, **extra):
+    """Environment for a child Python that imports memory_ops from repo_root."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MEMORY_OPS_SIMD", "OMP_NUM_THREADS")}
+    env["PYTHONPATH"] = str(repo_root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+PYTHON = sys.executable
