@@ -69,11 +69,18 @@ inline void two_sum(V& s, V x, V& c) noexcept
 
 // ---- scale ------------------------------------------------------------------------------------
 
-// One run of n elements, contiguous in both operands. in == out allowed. No alignment assumed.
+// One run of n elements, contiguous in both operands. in == out allowed. Integers are multiplied as
+// their unsigned counterparts: xsimd's fallback for int32/int64 products (sse2, avx2) is a plain C++
+// multiply, undefined on signed overflow; unsigned wraps as NumPy does, to the same bits.
 template <class A, class T>
-void scale_contiguous(T* out, const T* in, index_t n, T factor) noexcept
+void scale_contiguous(T* out_t, const T* in_t, index_t n, T factor_t) noexcept
 {
-    using B = xsimd::batch<T, A>;
+    using V = std::conditional_t<std::is_integral<T>::value, std::make_unsigned<T>, std::common_type<T>>;
+    using U = typename V::type;
+    U* out = reinterpret_cast<U*>(out_t);
+    const U* in = reinterpret_cast<const U*>(in_t);
+    const U factor = static_cast<U>(factor_t);
+    using B = xsimd::batch<U, A>;
     constexpr index_t W = B::size;
     const B f(factor);
     index_t i = 0;

@@ -176,3 +176,45 @@ def subprocess_env(repo_root, **extra):
 
 
 PYTHON = sys.executable
+
+
+def random_values(n, dtype, seed=0):
+    """n reproducible values of dtype: normal*100 for floats, the full range for integers."""
+    rng = np.random.default_rng([seed, n])
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        return (rng.standard_normal(n) * 100).astype(dt)
+    if dt.kind == "b":
+        return rng.integers(0, 2, n).astype(dt)
+    info = np.iinfo(dt)
+    return rng.integers(info.min, info.max, n, endpoint=True, dtype=dt.newbyteorder("=")).astype(dt)
+
+
+def special_values(dtype):
+    """Every IEEE corner case of a floating dtype, shuffled and repeated past a few SIMD widths."""
+    dt = np.dtype(dtype)
+    fi = np.finfo(dt)
+    vals = np.array(
+        [0.0, -0.0, np.nan, np.inf, -np.inf, 1.0, -1.0, fi.tiny, -fi.tiny, fi.smallest_subnormal,
+         -fi.smallest_subnormal, 3 * fi.smallest_subnormal, fi.max, -fi.max, fi.eps, 1 / 3, -2.5, 1e-3],
+        dtype=dt,
+    )
+    out = np.tile(vals, 7)
+    np.random.default_rng(42).shuffle(out)
+    return out
+
+
+def buffer_bytes(owner):
+    """All bytes of a layout's buffer owner (an ndarray or a bytearray), gaps and padding included."""
+    return owner.tobytes() if isinstance(owner, np.ndarray) else bytes(owner)
+
+
+def idfn(x):
+    """Readable test ids for dtypes, NumPy scalars and Python values."""
+    if isinstance(x, type) and issubclass(x, np.generic) or isinstance(x, np.dtype):
+        return np.dtype(x).name if np.dtype(x).isnative else np.dtype(x).str
+    if isinstance(x, np.generic):
+        return f"{type(x).__name__}({x!r})".replace("np.", "")
+    if isinstance(x, str):
+        return x
+    return repr(x)
