@@ -184,6 +184,24 @@ bool overlaps_partially(const py::array& out, const py::array& in)
     return numpy().attr("may_share_memory")(out, in, py::arg("max_work") = 1 << 16).cast<bool>();
 }
 
+bool may_self_overlap(const py::array& a)
+{
+    // Sufficient test for no overlap: with axes sorted by |stride|, each stride steps past the whole
+    // extent spanned by the smaller ones.
+    std::vector<std::pair<py::ssize_t, py::ssize_t>> axes;  // (|stride|, shape)
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+        if (a.shape(d) == 0) return false;
+        if (a.shape(d) > 1) axes.emplace_back(a.strides(d) < 0 ? -a.strides(d) : a.strides(d), a.shape(d));
+    }
+    std::sort(axes.begin(), axes.end());
+    py::ssize_t extent = a.itemsize();
+    for (const auto& [stride, n] : axes) {
+        if (stride < extent) return true;
+        extent += stride * (n - 1);
+    }
+    return false;
+}
+
 py::array empty_like_shape(const py::array& a, native t)
 {
     std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());

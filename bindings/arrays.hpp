@@ -63,6 +63,10 @@ void check_writable(const char* op, const char* name, const py::array& a);
 // true for partial overlap, false for no overlap or for the identical view (same data and strides).
 bool overlaps_partially(const py::array& out, const py::array& in);
 
+// Whether two elements of `a` may share memory (a writable as_strided view, say). False is certain;
+// true may be conservative. Writing such an array element by element needs private inputs.
+bool may_self_overlap(const py::array& a);
+
 // A C-ordered, uninitialised array of dtype t with a's shape.
 py::array empty_like_shape(const py::array& a, native t);
 

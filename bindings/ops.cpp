@@ -34,8 +34,9 @@ py::object elementwise(const char* op, std::array<py::array, N - 1> inputs, cons
     py::array target = (has_out && native_result) ? py::reinterpret_borrow<py::array>(out)
                                                   : empty_like_shape(inputs[0], compute);
 
+    const bool self_overlap = may_self_overlap(target);
     for (auto& in : inputs)
-        if (overlaps_partially(target, in)) in = in.attr("copy")();
+        if (self_overlap ? (in.size() > 0) : overlaps_partially(target, in)) in = in.attr("copy")();
 
     std::array<const py::array*, N> operands{&target};
     for (int k = 1; k < N; ++k) operands[k] = &inputs[k - 1];
@@ -108,7 +109,10 @@ void scale_inplace(const py::object& arr, const py::object& factor)
                                  dtype_str(a.dtype()) + " array in place");
     }
 
-    const nd_view<2> view = make_view<2>({&a, &a});
+    // An arr whose elements share memory (a writable as_strided view) is read from a private copy,
+    // so every memory element is scaled once, as NumPy does; otherwise there is no copy at all.
+    const py::array source = may_self_overlap(a) ? py::array(a.attr("copy")()) : a;
+    const nd_view<2> view = make_view<2>({&a, &source});
     visit(t, [&](auto tag) {
         using T = typename decltype(tag)::type;
         auto run = [&](auto factor_value_c) {

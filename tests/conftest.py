@@ -24,6 +24,8 @@ SIMD_TARGETS = list(memory_ops.info()["simd_supported"])
 # by 2 or 4), well above, and across the serial/parallel threshold (2**15 elements).
 TAIL_SIZES = [0, 1, 2, 3, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 1000, 4097, 2**15 + 3, 2**16 + 5]
 
+PYTHON = sys.executable  # children run with the interpreter running the tests
+
 _UINT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
@@ -102,10 +104,10 @@ def snapshot(a):
 
 
 def make_layout(base_1d, layout):
-    """A view of (a copy of) base_1d's values in the named memory layout, with the values kept.
+    """A writable 1-d view holding base_1d's values in the named memory layout.
 
-    Returns (view, keepalive) where keepalive is the underlying buffer owner. The view has the
-    same element values as base_1d (1-d, same length) except for 2-d layouts, which reshape.
+    Returns (view, owner) where owner is the underlying buffer (an ndarray or a bytearray): every
+    byte of it, gaps and padding included, can be compared after an in-place operation.
     """
     n = base_1d.size
     dt = base_1d.dtype
@@ -163,8 +165,10 @@ def _restore_global_state():
     arch = memory_ops.simd_arch()
     threads = memory_ops.get_num_threads()
     yield
-    assert memory_ops.get_num_threads() == threads, "test leaked a thread-count change"
-    assert memory_ops.simd_arch() == arch, "test leaked a SIMD target change"
+    leaked = (memory_ops.get_num_threads(), memory_ops.simd_arch())
+    memory_ops.set_num_threads(threads)  # restore first, so one leak cannot spread to other tests
+    memory_ops._core._set_simd(arch)
+    assert leaked == (threads, arch), f"test leaked a change of (threads, simd): {leaked} != {(threads, arch)}"
 
 
 def subprocess_env(repo_root, **extra):
@@ -173,9 +177,6 @@ def subprocess_env(repo_root, **extra):
     env["PYTHONPATH"] = str(repo_root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update({k: str(v) for k, v in extra.items()})
     return env
-
-
-PYTHON = sys.executable
 
 
 def random_values(n, dtype, seed=0):
@@ -211,10 +212,16 @@ def buffer_bytes(owner):
 
 def idfn(x):
     """Readable test ids for dtypes, NumPy scalars and Python values."""
-    if isinstance(x, type) and issubclass(x, np.generic) or isinstance(x, np.dtype):
+    if (isinstance(x, type) and issubclass(x, np.generic)) or isinstance(x, np.dtype):
         return np.dtype(x).name if np.dtype(x).isnative else np.dtype(x).str
     if isinstance(x, np.generic):
         return f"{type(x).__name__}({x!r})".replace("np.", "")
     if isinstance(x, str):
         return x
     return repr(x)
+
+
+def same_view(view, base, other_base):
+    """The view of other_base (a copy of base, same layout) that `view` is of `base`."""
+    offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    return np.ndarray(view.shape, dtype=view.dtype, buffer=other_base, offset=offset, strides=view.strides)

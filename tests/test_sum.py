@@ -1,0 +1,298 @@
+"""safe_sum: compensated float64 sums checked against math.fsum (exact, correctly rounded) and
+NumPy; exact modular integer sums checked against NumPy's int(arr.sum()).
+
+Every test here runs under every SIMD target this CPU supports (the module-level `simd` fixture).
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import memory_ops
+from conftest import (
+    LAYOUTS_1D,
+    TAIL_SIZES,
+    idfn,
+    make_layout,
+    nd_views,
+    numpy_quiet,
+    random_values,
+    snapshot,
+)
+
+pytestmark = pytest.mark.usefixtures("simd")
+
+
+def exact_sum(values):
+    """The correctly rounded float64 sum of the float64 values of an array (any dtype/layout)."""
+    return math.fsum(np.asarray(values, dtype=np.float64).ravel().tolist())
+
+
+def assert_within_ulp_of_fsum(result, values, ulps=1):
+    assert type(result) is float, f"expected a Python float, got {type(result).__name__}"
+    expected = exact_sum(values)
+    assert abs(result - expected) <= ulps * math.ulp(expected), (
+        f"safe_sum={result!r} fsum={expected!r} ({abs(result - expected) / math.ulp(expected):.3g} ulp)"
+    )
+
+
+def assert_same_float(got, expected):
+    """Equal as floats, NaN equal to NaN."""
+    assert type(got) is float
+    expected = float(expected)
+    if math.isnan(expected):
+        assert math.isnan(got), f"expected nan, got {got!r}"
+    else:
+        assert got == expected, f"got {got!r}, expected {expected!r}"
+
+
+def assert_int_sum(result, arr):
+    expected = int(np.asarray(arr).sum())  # NumPy wraps mod 2**64 (uint64 for unsigned input)
+    assert type(result) is int, f"expected a Python int, got {type(result).__name__}"
+    assert result == expected
+
+
+# ---- kernel tails ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=idfn)
+@pytest.mark.parametrize("n", TAIL_SIZES)
+def test_sum_tails_float(n, dtype):
+    a = random_values(n, dtype)
+    before = snapshot(a)
+    assert_within_ulp_of_fsum(memory_ops.safe_sum(a), a)
+    assert_within_ulp_of_fsum(memory_ops.safe_sum(a[::-1]), a)
+    assert snapshot(a) == before
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64], ids=idfn)
+@pytest.mark.parametrize("n", TAIL_SIZES)
+def test_sum_tails_int(n, dtype):
+    a = random_values(n, dtype)  # full range: int64 sums wrap like NumPy's accumulator
+    before = snapshot(a)
+    assert_int_sum(memory_ops.safe_sum(a), a)
+    assert_int_sum(memory_ops.safe_sum(a[::-2]), a[::-2])
+    assert snapshot(a) == before
+
+
+# ---- dtypes -------------------------------------------------------------------------------------
+
+INT_DTYPES = [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64,
+              ">i4", ">u8", ">i8", "<u2"]
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES, ids=idfn)
+@pytest.mark.parametrize("n", [0, 1, 33, 8193, 2**16 + 5])
+def test_sum_int_dtypes_match_numpy(dtype, n):
+    a = random_values(n, dtype)
+    before = snapshot(a)
+    assert_int_sum(memory_ops.safe_sum(a), a)
+    assert_int_sum(memory_ops.safe_sum(a[::-3]), a[::-3])
+    assert snapshot(a) == before
+
+
+def test_sum_int_wraps_like_numpy():
+    cases = [
+        np.array([2**64 - 1, 5], dtype=np.uint64),
+        np.array([2**63 - 1, 1], dtype=np.int64),
+        np.array([-(2**63), -1], dtype=np.int64),
+        np.full(1000, 2**63 + 12345, dtype=np.uint64),
+        np.full(70_000, 2**62 + 1, dtype=np.int64),
+        np.full(70_000, 2**32 - 1, dtype=np.uint32),  # no wrap in the uint64 accumulator
+        np.full(70_000, -(2**31), dtype=np.int32),
+        np.full(70_000, 2**63 + 7, dtype=">u8"),
+    ]
+    for a in cases:
+        assert_int_sum(memory_ops.safe_sum(a), a)
+    assert memory_ops.safe_sum(np.array([2**64 - 1, 5], dtype=np.uint64)) == 4  # unsigned, not -...
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ">f8", ">f4", np.float32, np.float64], ids=idfn)
+@pytest.mark.parametrize("n", [0, 1, 33, 8193, 2**16 + 5])
+def test_sum_float_dtypes_are_exact_to_an_ulp(dtype, n):
+    a = random_values(n, dtype)
+    before = snapshot(a)
+    assert_within_ulp_of_fsum(memory_ops.safe_sum(a), a)
+    assert_within_ulp_of_fsum(memory_ops.safe_sum(a[1::3]), a[1::3])
+    assert snapshot(a) == before
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, ">f8"], ids=idfn)
+def test_sum_empty_float_is_zero(dtype):
+    for a in (np.empty(0, dtype), np.empty((3, 0), dtype), np.empty((0, 4, 2), dtype)):
+        got = memory_ops.safe_sum(a)
+        assert type(got) is float and got == 0.0 == a.sum()
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.int8, np.uint16, np.int32, np.int64, np.uint64], ids=idfn)
+def test_sum_empty_int_is_zero(dtype):
+    for a in (np.empty(0, dtype), np.empty((3, 0), dtype)):
+        got = memory_ops.safe_sum(a)
+        assert type(got) is int and got == 0 == a.sum()
+
+
+def test_sum_sequences_and_scalars():
+    for value in ([1, 2, 3], (4, -5), [[1, 2], [3, 4]], [True, True, False], [], True, 7, np.int8(-3),
+                  np.uint64(2**64 - 1), [2**63 - 1, 1]):
+        arr = np.asarray(value)
+        got = memory_ops.safe_sum(value)
+        if arr.dtype.kind == "f":  # [] -> float64
+            assert type(got) is float and got == float(arr.sum())
+        else:
+            assert_int_sum(got, arr)
+    for value in ([1.5, 2], (0.1, 0.2, 0.3), 3.25, np.float32(2.5), np.float16(1.5), [[0.5], [1e16]]):
+        assert_within_ulp_of_fsum(memory_ops.safe_sum(value), np.asarray(value))
+
+
+# ---- NaN and infinities -------------------------------------------------------------------------
+
+NONFINITE_CASES = [
+    [np.inf, 1.0],
+    [1.0, -np.inf],
+    [np.inf, -np.inf],
+    [np.nan],
+    [1.0, np.nan, np.inf],
+    [-np.inf, -np.inf, 5.0],
+    [np.inf, np.inf],
+    [np.nan, -np.inf],
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=idfn)
+@pytest.mark.parametrize("values", NONFINITE_CASES, ids=repr)
+def test_sum_nonfinite_propagates_like_numpy(dtype, values):
+    a = np.array(values, dtype=dtype)
+    with numpy_quiet():
+        expected = np.asarray(a, np.float64).sum()
+    assert_same_float(memory_ops.safe_sum(a), expected)
+    # The same values far apart in a large array (different blocks, lanes and threads).
+    big = np.zeros(11 * 2**13 + 11, dtype=dtype)
+    big[np.linspace(0, big.size - 1, len(values)).astype(int)] = a
+    for view in (big, big[::-1], big.reshape(-1, 11).T):
+        with numpy_quiet():
+            expected = np.asarray(view, np.float64).sum()
+        assert_same_float(memory_ops.safe_sum(view), expected)
+
+
+# ---- accuracy on ill-conditioned sums -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("reps", [1, 5, 1000, 100_000])
+@pytest.mark.parametrize("big, dtype", [(1e16, np.float64), (1e300, np.float64), (2.0**60, np.float64),
+                                        (1e8, np.float32), (3e38, np.float32)], ids=idfn)
+def test_sum_cancellation_pattern_is_exact(big, dtype, reps):
+    a = np.array([big, 1.0, -big] * reps, dtype=dtype)
+    s = memory_ops.safe_sum(a)
+    exact = exact_sum(a)
+    assert exact == reps
+    assert type(s) is float and s == exact
+    np_error = abs(float(np.asarray(a, np.float64).sum()) - exact)
+    assert abs(s - exact) <= np_error
+
+
+def _cancelling(rng, n, max_exp):
+    """n random values of magnitudes 2**0..2**max_exp, with their negatives, plus O(1) noise."""
+    x = rng.uniform(-1, 1, n) * 2.0 ** rng.integers(0, max_exp, n)
+    x = np.concatenate([x, -x, rng.uniform(-1, 1, 257)])
+    rng.shuffle(x)
+    return x
+
+
+@pytest.mark.parametrize("max_exp", [10, 30, 40])
+@pytest.mark.parametrize("seed", range(4))
+def test_sum_huge_cancellation_within_an_ulp_and_better_than_numpy(seed, max_exp):
+    # Condition numbers up to ~1e17: compensated summation in float64 must still be within an ulp.
+    rng = np.random.default_rng([seed, max_exp])
+    x = _cancelling(rng, 50_000, max_exp)
+    exact = exact_sum(x)
+    for arr in (x, x.reshape(3, -1)[::-1].T, make_layout(x, "unaligned")[0]):
+        s = memory_ops.safe_sum(arr)
+        assert_within_ulp_of_fsum(s, x)
+        assert abs(s - exact) <= abs(float(arr.sum()) - exact)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sum_float32_huge_cancellation_within_an_ulp(seed):
+    rng = np.random.default_rng([seed, 32])
+    x = _cancelling(rng, 50_000, 30).astype(np.float32)
+    s = memory_ops.safe_sum(x)
+    assert_within_ulp_of_fsum(s, x)
+    exact = exact_sum(x)
+    assert abs(s - exact) <= abs(float(x.astype(np.float64).sum()) - exact)
+    assert abs(s - exact) <= abs(float(x.sum()) - exact)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sum_extreme_cancellation_no_worse_than_numpy(seed):
+    # Condition numbers ~1e30, beyond what any float64 compensated sum guarantees to an ulp: still at
+    # least as accurate as NumPy's pairwise sum.
+    rng = np.random.default_rng([seed, 99])
+    big = 2.0 ** rng.integers(40, 100, 50_000) * rng.choice([-1.0, 1.0], 50_000)
+    x = np.concatenate([big, rng.standard_normal(50_000), -big[rng.permutation(big.size)]])
+    rng.shuffle(x)
+    exact = exact_sum(x)
+    s = memory_ops.safe_sum(x)
+    assert type(s) is float and math.isfinite(s)
+    assert abs(s - exact) <= abs(float(x.sum()) - exact)
+
+
+# ---- layouts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", LAYOUTS_1D)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64, np.int8, np.uint64], ids=idfn)
+@pytest.mark.parametrize("n", [0, 1, 17, 1000, 2**16 + 5])
+def test_sum_layouts_1d(layout, dtype, n):
+    values = random_values(n, dtype)
+    view, keep = make_layout(values, layout)
+    before = snapshot(view)
+    got = memory_ops.safe_sum(view)
+    if np.dtype(dtype).kind == "f":
+        assert_within_ulp_of_fsum(got, values)
+    else:
+        assert_int_sum(got, values)
+    assert snapshot(view) == before
+
+
+@pytest.mark.parametrize("name", list(nd_views(np.arange(24.0))))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64, np.uint8], ids=idfn)
+def test_sum_nd_layouts(name, dtype):
+    view = nd_views(random_values(24, dtype))[name]
+    before = snapshot(view)
+    got = memory_ops.safe_sum(view)
+    if np.dtype(dtype).kind == "f":
+        assert_within_ulp_of_fsum(got, view)
+    else:
+        assert_int_sum(got, view)
+    assert snapshot(view) == before
+
+
+def test_sum_large_nd_layouts():
+    x = random_values(2**18, np.float64) * 10.0 ** np.random.default_rng(3).integers(-8, 8, 2**18)
+    c = x.reshape(64, 64, 64)
+    for view in (c, c.T, c[::-1, ::2, ::-3], np.asfortranarray(c), c.transpose(1, 2, 0)[:, ::-1]):
+        assert_within_ulp_of_fsum(memory_ops.safe_sum(view), view)
+
+
+# ---- threads ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64], ids=idfn)
+def test_sum_large_arrays(nthreads, dtype):
+    a = random_values(2**20 + 3, dtype)
+    got = memory_ops.safe_sum(a)
+    if np.dtype(dtype).kind == "f":
+        assert_within_ulp_of_fsum(got, a)
+        assert_within_ulp_of_fsum(memory_ops.safe_sum(a[::-3]), a[::-3])
+    else:
+        assert_int_sum(got, a)
+        assert_int_sum(memory_ops.safe_sum(a[::-3]), a[::-3])
+
+
+def test_sum_of_self_overlapping_view_counts_each_element_of_the_view():
+    base = random_values(1000, np.float64)
+    windows = np.lib.stride_tricks.sliding_window_view(base, 37)[::-3]  # read-only, overlapping
+    assert_within_ulp_of_fsum(memory_ops.safe_sum(windows), windows)
+    ints = np.lib.stride_tricks.sliding_window_view(random_values(1000, np.int64), 37)
+    assert_int_sum(memory_ops.safe_sum(ints), ints)

@@ -1,0 +1,374 @@
+"""Threads, SIMD targets, determinism, GIL release, and the importable environment switches."""
+
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import memory_ops
+from conftest import PYTHON, SIMD_TARGETS, assert_same_array, random_values, subprocess_env
+
+BIG = 2**20 + 3  # well past the serial threshold (2**15 elements): the parallel path runs
+
+
+def run_python(repo_root, code, timeout=120, **env):
+    return subprocess.run(
+        [PYTHON, "-c", code], cwd=repo_root, env=subprocess_env(repo_root, **env),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def restore_simd():
+    previous = memory_ops.simd_arch()
+    yield
+    memory_ops._core._set_simd(previous)
+
+
+# ---- info() and SIMD targets --------------------------------------------------------------------
+
+
+def test_info_describes_the_build_and_the_cpu():
+    info = memory_ops.info()
+    assert info["version"] == memory_ops.__version__
+    assert info["numpy"] == np.__version__
+    assert info["simd"] == memory_ops.simd_arch()
+    supported, compiled = info["simd_supported"], info["simd_compiled"]
+    assert supported, "at least the baseline target runs on any CPU"
+    assert set(supported) <= set(compiled)
+    assert supported == [t for t in compiled if t in supported], "supported targets keep the best-first order"
+    assert compiled[-1] in supported, "the baseline (last compiled) target always runs"
+    assert memory_ops.simd_arch() in supported
+    assert info["num_threads"] == memory_ops.get_num_threads()
+
+
+def test_set_simd_caps_the_target(restore_simd):
+    for name in SIMD_TARGETS:
+        memory_ops._core._set_simd(name)
+        assert memory_ops.simd_arch() == name
+        assert memory_ops.info()["simd"] == name
+    memory_ops._core._set_simd(None)
+    assert memory_ops.simd_arch() == SIMD_TARGETS[0], "None restores the best target of this CPU"
+
+
+@pytest.mark.parametrize("name", SIMD_TARGETS)
+def test_env_var_selects_target_at_import(repo_root, name):
+    r = run_python(repo_root, "import memory_ops; print(memory_ops.simd_arch())", MEMORY_OPS_SIMD=name)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == name
+
+
+def test_env_var_empty_means_best_target(repo_root):
+    r = run_python(repo_root, "import memory_ops; print(memory_ops.simd_arch())", MEMORY_OPS_SIMD="")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == SIMD_TARGETS[0]
+    r = run_python(repo_root, "import memory_ops; print(memory_ops.simd_arch())")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == SIMD_TARGETS[0]
+
+
+@pytest.mark.parametrize("name", ["no_such_target_xyz", "AVX2"])
+def test_env_var_bad_name_fails_import_naming_it(repo_root, name):
+    r = run_python(repo_root, "import memory_ops; print(memory_ops.simd_arch())", MEMORY_OPS_SIMD=name)
+    assert r.returncode != 0
+    assert name in r.stderr
+    assert "ValueError" in r.stderr
+    assert r.stdout == ""
+
+
+# ---- thread count -------------------------------------------------------------------------------
+
+
+def test_set_and_get_num_threads():
+    before = memory_ops.get_num_threads()
+    assert isinstance(before, int) and before >= 1
+    try:
+        for n in (1, 3, 2, 7):
+            assert memory_ops.set_num_threads(n) is None
+            assert memory_ops.get_num_threads() == n
+    finally:
+        memory_ops.set_num_threads(before)
+
+
+def test_threads_context_manager_restores_the_previous_count():
+    before = memory_ops.get_num_threads()
+    with memory_ops.threads(3) as n:
+        assert n == 3
+        assert memory_ops.get_num_threads() == 3
+        with memory_ops.threads(1):
+            assert memory_ops.get_num_threads() == 1
+        assert memory_ops.get_num_threads() == 3
+    assert memory_ops.get_num_threads() == before
+
+
+def test_threads_context_manager_restores_on_exception():
+    before = memory_ops.get_num_threads()
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with memory_ops.threads(before + 2):
+            assert memory_ops.get_num_threads() == before + 2
+            raise Boom
+    assert memory_ops.get_num_threads() == before
+
+
+def test_num_threads_setting_belongs_to_the_calling_python_thread():
+    # Documented: "for kernels started from this Python thread".
+    before = memory_ops.get_num_threads()
+    seen = {}
+
+    def worker():
+        memory_ops.set_num_threads(before + 3)
+        seen["worker"] = memory_ops.get_num_threads()
+        a = random_values(BIG, np.float64)
+        seen["ok"] = memory_ops.safe_sum(a) == memory_ops.safe_sum(a.copy())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == {"worker": before + 3, "ok": True}
+    assert memory_ops.get_num_threads() == before
+
+
+def test_threadpoolctl_limits_the_openmp_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with memory_ops.threads(2):
+        with threadpoolctl.threadpool_limits(1):
+            assert memory_ops.get_num_threads() == 1
+            a = random_values(BIG, np.float64)
+            assert_same_array(memory_ops.scale_copy(a, 3.0), a * 3.0)
+        assert memory_ops.get_num_threads() == 2
+        with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+            assert memory_ops.get_num_threads() == 1
+        assert memory_ops.get_num_threads() == 2
+
+
+# ---- identical results for any thread count and SIMD target ------------------------------------
+
+
+def _all_results():
+    """Results of every op on large inputs in several layouts (native dtypes)."""
+    out = []
+    for dtype in (np.float32, np.float64, np.int32, np.int64):
+        a = random_values(BIG, dtype, seed=1)
+        b = random_values(BIG, dtype, seed=2)
+        f = 3 if np.dtype(dtype).kind == "i" else 1.7
+        for x, y in ((a, b), (a[::-3], b[::3]), (a[: 1024 * 1023].reshape(1024, 1023), b[: 1024 * 1023].reshape(1023, 1024).T)):
+            out.append(memory_ops.scale_copy(x, f))
+            out.append(memory_ops.add_arrays(x, y))
+            out.append(memory_ops.safe_sum(x))
+            if np.dtype(dtype).kind == "f":
+                c = x.copy()
+                memory_ops.scale_inplace(c, f)
+                out.append(c)
+                c = x.copy()
+                memory_ops.scale_inplace(c, np.float64(0.1))
+                out.append(c)
+    return out
+
+
+def _assert_all_identical(reference, other):
+    assert len(reference) == len(other)
+    for r, o in zip(reference, other):
+        if isinstance(r, np.ndarray):
+            assert_same_array(o, r)
+        else:
+            assert type(o) is type(r) and repr(o) == repr(r)
+
+
+def test_results_identical_for_1_2_3_4_threads():
+    with memory_ops.threads(1):
+        reference = _all_results()
+    for n in (2, 3, 4):
+        with memory_ops.threads(n):
+            _assert_all_identical(reference, _all_results())
+
+
+def test_results_identical_on_every_simd_target(restore_simd):
+    memory_ops._core._set_simd(SIMD_TARGETS[-1])
+    reference = _all_results()
+    for name in SIMD_TARGETS[:-1]:
+        memory_ops._core._set_simd(name)
+        _assert_all_identical(reference, _all_results())
+
+
+# ---- safe_sum determinism -----------------------------------------------------------------------
+
+DETERMINISM_DATA = """
+import numpy as np
+rng = np.random.default_rng(20240611)
+n = 3_000_000
+x64 = rng.standard_normal(n) * 10.0 ** rng.integers(-6, 7, n)
+x32 = x64.astype(np.float32)
+"""
+
+DETERMINISM_CHILD = DETERMINISM_DATA + """
+import memory_ops
+print(memory_ops.get_num_threads())
+print(memory_ops.simd_arch())
+print(repr(memory_ops.safe_sum(x64)))
+print(repr(memory_ops.safe_sum(x32)))
+"""
+
+
+@pytest.fixture(scope="module")
+def determinism_data():
+    scope = {}
+    exec(DETERMINISM_DATA, scope)
+    return scope["x64"], scope["x32"]
+
+
+def test_safe_sum_bit_identical_across_threads_and_targets(determinism_data, restore_simd):
+    x64, x32 = determinism_data
+    results = {}
+    for name in SIMD_TARGETS:
+        memory_ops._core._set_simd(name)
+        for n in (1, 2, 3, 4):
+            with memory_ops.threads(n):
+                results[name, n] = (repr(memory_ops.safe_sum(x64)), repr(memory_ops.safe_sum(x32)))
+    assert len(set(results.values())) == 1, results
+    # Same layout, strided: still identical across thread counts.
+    strided = x64[::-7]
+    with memory_ops.threads(1):
+        one = repr(memory_ops.safe_sum(strided))
+    for n in (2, 3, 4):
+        with memory_ops.threads(n):
+            assert repr(memory_ops.safe_sum(strided)) == one
+
+
+def test_safe_sum_bit_identical_across_processes(repo_root, determinism_data):
+    x64, x32 = determinism_data
+    expected = [repr(memory_ops.safe_sum(x64)), repr(memory_ops.safe_sum(x32))]
+    runs = [({"OMP_NUM_THREADS": n}, n) for n in (1, 2, 3)]
+    runs.append(({"OMP_NUM_THREADS": 3, "MEMORY_OPS_SIMD": SIMD_TARGETS[-1]}, 3))
+    for env, threads in runs:
+        r = run_python(repo_root, DETERMINISM_CHILD, **env)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.split()
+        assert int(lines[0]) == threads, f"OMP_NUM_THREADS={threads} not in force in the child"
+        assert lines[1] == env.get("MEMORY_OPS_SIMD", SIMD_TARGETS[0])
+        assert lines[2:] == expected, f"{env}: {lines[2:]} != {expected}"
+
+
+FORK_CHILD = """
+import os, signal
+import numpy as np
+import memory_ops
+a = np.arange(2.0**20)
+assert memory_ops.get_num_threads() == 2
+memory_ops.scale_copy(a, 2.0)  # a parallel region: libgomp's thread pool now exists
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)  # a hung child must not outlive the test
+    ok = False
+    try:
+        ok = (np.array_equal(memory_ops.scale_copy(a, 3.0), a * 3.0)
+              and memory_ops.safe_sum(a) == float(a.sum())
+              and np.array_equal(memory_ops.add_arrays(a, a), a + a))
+    finally:
+        os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_kernels_work_in_a_fork_child_after_a_parallel_region(repo_root):
+    # A fork child of a process that ran an OpenMP region must not hang in libgomp's dead pool.
+    r = run_python(repo_root, FORK_CHILD, timeout=90, OMP_NUM_THREADS=2)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0", f"fork child failed: exit code {r.stdout.strip()} {r.stderr}"
+
+
+# ---- the GIL is released while a kernel runs ----------------------------------------------------
+
+
+def _gil_calls():
+    a = np.ones(2**24)  # 128 MiB: each call takes a while
+    b = np.ones(2**24)
+    return {
+        "scale_inplace": lambda: memory_ops.scale_inplace(a, 1.0),
+        "scale_copy": lambda: memory_ops.scale_copy(a, 1.0),
+        "scale_copy_out": lambda: memory_ops.scale_copy(a, 1.0, out=b),
+        "add_arrays": lambda: memory_ops.add_arrays(a, b, out=b),
+        "safe_sum": lambda: memory_ops.safe_sum(a),
+        "gil_holding_control": lambda: sum(range(3_000_000)),  # builtin loop: never drops the GIL
+    }
+
+
+@pytest.mark.parametrize("op", ["scale_inplace", "scale_copy", "scale_copy_out", "add_arrays", "safe_sum"])
+def test_kernels_release_the_gil(op):
+    calls = _gil_calls()
+    state = {"count": 0}
+    stop = threading.Event()
+
+    def counter():
+        while not stop.is_set():
+            state["count"] += 1
+            if state["count"] % 100 == 0:
+                time.sleep(1e-6)  # lets the main thread take the GIL back as soon as it wants it
+
+    def progress_during(call, min_calls=3, min_seconds=0.3):
+        """Counter increments during each call, recorded right before and right after it."""
+        increments = []
+        start = time.perf_counter()
+        while len(increments) < min_calls or time.perf_counter() - start < min_seconds:
+            before = state["count"]
+            call()
+            increments.append(state["count"] - before)
+        return increments
+
+    old_interval = sys.getswitchinterval()
+    # With a long switch interval the main thread keeps the GIL while it holds it: the counter can
+    # advance during a call only if the call itself releases the GIL.
+    sys.setswitchinterval(1.0)
+    thread = threading.Thread(target=counter, daemon=True)
+    thread.start()
+    try:
+        while state["count"] < 1000:
+            time.sleep(0.001)
+        with memory_ops.threads(1):  # leave a core to the counter thread
+            control = progress_during(calls["gil_holding_control"], min_calls=3, min_seconds=0)
+            during = progress_during(calls[op])
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(old_interval)
+    assert max(control) < 1000, f"the measurement cannot tell a GIL-holding call: {control}"
+    assert statistics.median(during) > 1000, f"counter increments during {op} calls: {during}"
+    assert statistics.median(during) > 10 * max(max(control), 1)
+
+
+# ---- the seed demo ------------------------------------------------------------------------------
+
+
+def _demo_paths(repo_root):
+    return {"benchmarks": repo_root / "benchmarks" / "demo_memory.py",
+            "shared_seed": repo_root.parent / "shared" / "seed" / "demo_memory.py"}
+
+
+@pytest.mark.parametrize("where", ["benchmarks", "shared_seed"])
+def test_seed_demo_runs(repo_root, where):
+    path = _demo_paths(repo_root)[where]
+    if not path.is_file():
+        pytest.skip(f"{path} does not exist on this machine")
+    r = subprocess.run([PYTHON, str(path)], cwd=repo_root, env=subprocess_env(repo_root),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.strip()]
+    assert len(lines) == 2, r.stdout
+    assert lines[0].startswith("scale_copy")
+    assert lines[1].startswith("scale_inplace")
+
+
+def test_benchmarks_demo_is_a_verbatim_copy_of_the_seed(repo_root):
+    paths = _demo_paths(repo_root)
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        pytest.skip(f"not present here: {', '.join(missing)}")
+    assert paths["benchmarks"].read_bytes() == paths["shared_seed"].read_bytes()
