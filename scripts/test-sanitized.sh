@@ -14,15 +14,17 @@ trap restore EXIT
 CMAKE_ARGS="-DMEMORY_OPS_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo ${CMAKE_ARGS:-}" \
     "$PYTHON" setup.py -q build_ext --inplace --build-temp build/sanitize
 
+# The interpreter itself, not a wrapper script (pyenv shims are bash, which must not get the preload).
+python_exe=$("$PYTHON" -c 'import sys; print(sys.executable)')
 asan=$("$CXX_BIN" -print-file-name=libasan.so)
 ubsan=$("$CXX_BIN" -print-file-name=libubsan.so)
 supp=$(mktemp)
 # Report only leaks allocated on a path through the extension.
-printf 'leak:libpython\nleak:_multiarray_umath\nleak:python3\n' >"$supp"
+printf 'leak:libpython\nleak:_multiarray_umath\nleak:python3\nleak:libcrypto\n' >"$supp"
 
 LD_PRELOAD="$asan $ubsan" \
 ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1:detect_odr_violation=0" \
 LSAN_OPTIONS="suppressions=$supp:print_suppressions=0" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
 MEMORY_OPS_SANITIZED=1 \
-    "$PYTHON" -m pytest -p no:cacheprovider "$@"
+    "$python_exe" -m pytest -p no:cacheprovider "$@"
