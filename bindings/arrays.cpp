@@ -188,6 +188,7 @@ bool may_self_overlap(const py::array& a)
 {
     // Sufficient test for no overlap: with axes sorted by |stride|, each stride steps past the whole
     // extent spanned by the smaller ones.
+    if (a.flags() & (py::array::c_style | py::array::f_style)) return false;
     std::vector<std::pair<py::ssize_t, py::ssize_t>> axes;  // (|stride|, shape)
     for (py::ssize_t d = 0; d < a.ndim(); ++d) {
         if (a.shape(d) == 0) return false;

@@ -34,9 +34,11 @@ py::object elementwise(const char* op, std::array<py::array, N - 1> inputs, cons
     py::array target = (has_out && native_result) ? py::reinterpret_borrow<py::array>(out)
                                                   : empty_like_shape(inputs[0], compute);
 
-    const bool self_overlap = may_self_overlap(target);
-    for (auto& in : inputs)
-        if (self_overlap ? (in.size() > 0) : overlaps_partially(target, in)) in = in.attr("copy")();
+    if (has_out && native_result) {  // a fresh target overlaps nothing
+        const bool self_overlap = may_self_overlap(target);
+        for (auto& in : inputs)
+            if (self_overlap ? (in.size() > 0) : overlaps_partially(target, in)) in = in.attr("copy")();
+    }
 
     std::array<const py::array*, N> operands{&target};
     for (int k = 1; k < N; ++k) operands[k] = &inputs[k - 1];

@@ -6,9 +6,15 @@
 // linker into the copy built for the widest target and then run on a CPU without it.
 #pragma once
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <new>
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #include "ops.hpp"
 #include "parallel.hpp"
@@ -67,47 +73,121 @@ inline void two_sum(V& s, V x, V& c) noexcept
     c = c + err;
 }
 
+// ---- element-wise maps ------------------------------------------------------------------------
+
+// Whether an output of this many bytes is stored with non-temporal (streaming) stores: only when it
+// is larger than the last-level cache, where keeping it cached would evict the inputs and every
+// ordinary store would first read its line (read-for-ownership). Below that, ordinary stores leave
+// the result in cache for whatever reads it next.
+inline bool stream_output(index_t bytes) noexcept
+{
+    static const index_t threshold = [] {
+        long llc = 0;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+        llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+        return static_cast<index_t>(llc > 0 ? llc : 32L << 20);
+    }();
+    return bytes >= threshold;
+}
+
+// Non-temporal store of one batch to a batch-aligned address.
+template <class A, class U>
+inline void store_stream(U* p, const xsimd::batch<U, A>& x) noexcept
+{
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of<xsimd::avx512f, A>::value) {
+        if constexpr (std::is_same<U, double>::value) _mm512_stream_pd(p, x);
+        else if constexpr (std::is_same<U, float>::value) _mm512_stream_ps(p, x);
+        else _mm512_stream_si512(reinterpret_cast<__m512i*>(p), x);
+        return;
+    }
+#endif
+#if defined(__AVX__)
+    if constexpr (std::is_base_of<xsimd::avx, A>::value) {
+        if constexpr (std::is_same<U, double>::value) _mm256_stream_pd(p, x);
+        else if constexpr (std::is_same<U, float>::value) _mm256_stream_ps(p, x);
+        else _mm256_stream_si256(reinterpret_cast<__m256i*>(p), x);
+        return;
+    }
+#endif
+#if defined(__SSE2__)
+    if constexpr (std::is_base_of<xsimd::sse2, A>::value) {
+        if constexpr (std::is_same<U, double>::value) _mm_stream_pd(p, x);
+        else if constexpr (std::is_same<U, float>::value) _mm_stream_ps(p, x);
+        else _mm_stream_si128(reinterpret_cast<__m128i*>(p), x);
+        return;
+    }
+#endif
+    x.store_aligned(p);  // no streaming store on this target
+}
+
+// Streaming stores are weakly ordered: fence them before the thread's work counts as done.
+inline void fence_streams() noexcept
+{
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
+
+// out[i] = vec(i) for whole batches of W elements, scal(i) for the rest, over i in [0, n); out is
+// aligned to its element size. Reads by vec/scal may alias out element for element (in place).
+// With `stream`, batch stores are non-temporal from the first batch-aligned element of out on.
+template <class A, class U, class Vec, class Scal>
+inline void map_contiguous(U* out, index_t n, bool stream, Vec vec, Scal scal) noexcept
+{
+    constexpr index_t W = xsimd::batch<U, A>::size;
+    index_t i = 0;
+    if (stream) {
+        const auto misalign = reinterpret_cast<std::uintptr_t>(out) % A::alignment();
+        const index_t head = std::min<index_t>(n, static_cast<index_t>((A::alignment() - misalign) % A::alignment() / sizeof(U)));
+        for (; i < head; ++i) out[i] = scal(i);
+        for (; i + W <= n; i += W) store_stream<A>(out + i, vec(i));
+        fence_streams();
+    } else {
+        for (; i + 4 * W <= n; i += 4 * W) {
+            vec(i).store_unaligned(out + i);
+            vec(i + W).store_unaligned(out + i + W);
+            vec(i + 2 * W).store_unaligned(out + i + 2 * W);
+            vec(i + 3 * W).store_unaligned(out + i + 3 * W);
+        }
+        for (; i + W <= n; i += W) vec(i).store_unaligned(out + i);
+    }
+    for (; i < n; ++i) out[i] = scal(i);
+}
+
+// Integers are computed as their unsigned counterparts: xsimd's fallback for int32/int64 products
+// (sse2, avx2) is a plain C++ multiply, undefined on signed overflow; unsigned arithmetic wraps as
+// NumPy does, to the same bits.
+template <class T>
+using arith_t = typename std::conditional_t<std::is_integral<T>::value, std::make_unsigned<T>, std::common_type<T>>::type;
+
 // ---- scale ------------------------------------------------------------------------------------
 
-// One run of n elements, contiguous in both operands. in == out allowed. Integers are multiplied as
-// their unsigned counterparts: xsimd's fallback for int32/int64 products (sse2, avx2) is a plain C++
-// multiply, undefined on signed overflow; unsigned wraps as NumPy does, to the same bits.
+// One run of n elements, contiguous in both operands; in == out allowed (then never streamed).
 template <class A, class T>
-void scale_contiguous(T* out_t, const T* in_t, index_t n, T factor_t) noexcept
+void scale_contiguous(T* out_t, const T* in_t, index_t n, T factor_t, bool stream) noexcept
 {
-    using V = std::conditional_t<std::is_integral<T>::value, std::make_unsigned<T>, std::common_type<T>>;
-    using U = typename V::type;
+    using U = arith_t<T>;
+    using B = xsimd::batch<U, A>;
     U* out = reinterpret_cast<U*>(out_t);
     const U* in = reinterpret_cast<const U*>(in_t);
     const U factor = static_cast<U>(factor_t);
-    using B = xsimd::batch<U, A>;
-    constexpr index_t W = B::size;
     const B f(factor);
-    index_t i = 0;
-    for (; i + 4 * W <= n; i += 4 * W) {
-        const B x0 = B::load_unaligned(in + i);
-        const B x1 = B::load_unaligned(in + i + W);
-        const B x2 = B::load_unaligned(in + i + 2 * W);
-        const B x3 = B::load_unaligned(in + i + 3 * W);
-        (x0 * f).store_unaligned(out + i);
-        (x1 * f).store_unaligned(out + i + W);
-        (x2 * f).store_unaligned(out + i + 2 * W);
-        (x3 * f).store_unaligned(out + i + 3 * W);
-    }
-    for (; i + W <= n; i += W) (B::load_unaligned(in + i) * f).store_unaligned(out + i);
-    for (; i < n; ++i) out[i] = mul1(in[i], factor);
+    map_contiguous<A>(out, n, stream, [&](index_t i) { return B::load_unaligned(in + i) * f; },
+                      [&](index_t i) { return mul1(in[i], factor); });
 }
 
 template <class A, class T, class C>
-void scale_run(char* out, const char* in, index_t n, index_t out_step, index_t in_step,
-               C factor) noexcept
+void scale_run(char* out, const char* in, index_t n, index_t out_step, index_t in_step, C factor,
+               bool stream) noexcept
 {
     constexpr index_t size = sizeof(T);
     const bool aligned = reinterpret_cast<std::uintptr_t>(out) % alignof(T) == 0 &&
                          reinterpret_cast<std::uintptr_t>(in) % alignof(T) == 0;
     if constexpr (std::is_same<T, C>::value) {
         if (out_step == size && in_step == size && aligned) {
-            scale_contiguous<A>(reinterpret_cast<T*>(out), reinterpret_cast<const T*>(in), n, factor);
+            scale_contiguous<A>(reinterpret_cast<T*>(out), reinterpret_cast<const T*>(in), n, factor, stream);
             return;
         }
     }
@@ -119,21 +199,18 @@ void scale_run(char* out, const char* in, index_t n, index_t out_step, index_t i
 
 // ---- add --------------------------------------------------------------------------------------
 
-// One run of n elements, contiguous in all three operands. out may equal a and/or b.
+// One run of n elements, contiguous in all three operands. out may equal a and/or b (then never
+// streamed).
 template <class A, class T>
-void add_contiguous(T* out, const T* a, const T* b, index_t n) noexcept
+void add_contiguous(T* out_t, const T* a_t, const T* b_t, index_t n, bool stream) noexcept
 {
-    using B = xsimd::batch<T, A>;
-    constexpr index_t W = B::size;
-    index_t i = 0;
-    for (; i + 2 * W <= n; i += 2 * W) {
-        const B s0 = B::load_unaligned(a + i) + B::load_unaligned(b + i);
-        const B s1 = B::load_unaligned(a + i + W) + B::load_unaligned(b + i + W);
-        s0.store_unaligned(out + i);
-        s1.store_unaligned(out + i + W);
-    }
-    for (; i + W <= n; i += W) (B::load_unaligned(a + i) + B::load_unaligned(b + i)).store_unaligned(out + i);
-    for (; i < n; ++i) out[i] = add1(a[i], b[i]);
+    using U = arith_t<T>;
+    using B = xsimd::batch<U, A>;
+    U* out = reinterpret_cast<U*>(out_t);
+    const U* a = reinterpret_cast<const U*>(a_t);
+    const U* b = reinterpret_cast<const U*>(b_t);
+    map_contiguous<A>(out, n, stream, [&](index_t i) { return B::load_unaligned(a + i) + B::load_unaligned(b + i); },
+                      [&](index_t i) { return add1(a[i], b[i]); });
 }
 
 // ---- sum --------------------------------------------------------------------------------------
@@ -252,9 +329,10 @@ void accumulate(sum_state<std::uint64_t>& st, const char* p, index_t n, index_t 
 template <class Arch, class T, class C>
 void scale_kernel::operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) const noexcept
 {
+    const bool stream = v.data[0] != v.data[1] && stream_output(v.size() * index_t{sizeof(T)});
     parallel_for(v.size(), element_grain, 1, [&](index_t begin, index_t end) {
         for_each_run(v, begin, end, [&](char* const* p, index_t n, const index_t* step) {
-            scale_run<Arch, T, C>(p[0], p[1], n, step[0], step[1], factor);
+            scale_run<Arch, T, C>(p[0], p[1], n, step[0], step[1], factor, stream);
         });
     });
 }
@@ -262,6 +340,7 @@ void scale_kernel::operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) 
 template <class Arch, class T>
 void add_kernel::operator()(Arch, type_tag<T>, const nd_view<3>& v) const noexcept
 {
+    const bool stream = v.data[0] != v.data[1] && v.data[0] != v.data[2] && stream_output(v.size() * index_t{sizeof(T)});
     parallel_for(v.size(), element_grain, 1, [&](index_t begin, index_t end) {
         for_each_run(v, begin, end, [&](char* const* p, index_t n, const index_t* step) {
             constexpr index_t size = sizeof(T);
@@ -269,7 +348,7 @@ void add_kernel::operator()(Arch, type_tag<T>, const nd_view<3>& v) const noexce
             for (int k = 0; k < 3; ++k) aligned = aligned && reinterpret_cast<std::uintptr_t>(p[k]) % alignof(T) == 0;
             if (step[0] == size && step[1] == size && step[2] == size && aligned) {
                 add_contiguous<Arch>(reinterpret_cast<T*>(p[0]), reinterpret_cast<const T*>(p[1]),
-                                     reinterpret_cast<const T*>(p[2]), n);
+                                     reinterpret_cast<const T*>(p[2]), n, stream);
                 return;
             }
             for (index_t i = 0; i < n; ++i)

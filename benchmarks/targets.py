@@ -1,0 +1,204 @@
+"""The speed targets of memory_ops, measured side by side in one run, each printed with PASS/FAIL.
+
+    PYTHONPATH=. python3 benchmarks/targets.py            # full run, a few minutes on 2 cores
+    PYTHONPATH=. python3 benchmarks/targets.py --quick    # fewer repeats, smaller DRAM size
+
+Every ratio compares medians of interleaved repeats: in each repeat every contender of a comparison
+is timed once, in rotating order, so a change in machine load hits all contenders alike. Ratios are
+speed-ups (their time / our time) or fractions of a bandwidth limit measured in the same run by the
+STREAM-style loops inside the extension (memory_ops._core._stream; bytes counted as STREAM counts
+them: scale 16 B, add 24 B, sum 8 B per float64 element, half that for float32 data).
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+import memory_ops
+from memory_ops import _core
+
+try:
+    import numexpr
+except ImportError:  # numexpr is optional; its comparisons are then reported as skipped
+    numexpr = None
+
+
+def interleaved(contenders, repeat, calls):
+    """Median seconds per call of each contender (name -> zero-argument callable)."""
+    names = list(contenders)
+    for fn in contenders.values():  # warm: code paths, page tables, thread pools
+        fn()
+    samples = {name: [] for name in names}
+    for r in range(repeat):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            fn = contenders[name]
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / calls)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+class Report:
+    def __init__(self):
+        self.rows = []
+
+    def check(self, label, ratio, target, detail=""):
+        ok = ratio >= target
+        self.rows.append(ok)
+        print(f"{'PASS' if ok else 'FAIL'}  {label:<64} {ratio:6.2f} (target >= {target:g}) {detail}")
+
+    def skip(self, label, why):
+        print(f"SKIP  {label:<64} {why}")
+
+    def summary(self):
+        print(f"\n{sum(self.rows)} of {len(self.rows)} targets met")
+
+
+def dram_targets(rep, n, dtype, repeat):
+    size = np.dtype(dtype).itemsize
+    tag = f"{dtype.__name__}, n={n:,}"
+    rng = np.random.default_rng(0)
+    a = rng.random(n).astype(dtype)
+    b = rng.random(n).astype(dtype)
+    out = np.empty_like(a)
+    # STREAM limits run on float64 arrays of the same byte size.
+    a64 = rng.random(n * size // 8)
+    b64 = rng.random(n * size // 8)
+    o64 = np.empty_like(a64)
+    nb = a.nbytes
+
+    with memory_ops.threads(memory_ops.get_num_threads()):
+        t = interleaved({
+            "ours": lambda: memory_ops.scale_inplace(a, 1.0),
+            "limit": lambda: _core._stream("scale", a64, a64, None, 1.0),
+        }, repeat, 1)
+        rep.check(f"scale_inplace vs in-place limit [{tag}]", t["limit"] / t["ours"], 0.9,
+                  f"({2 * nb / t['ours'] / 1e9:.1f} GB/s)")
+    with memory_ops.threads(1):
+        t = interleaved({
+            "ours": lambda: memory_ops.scale_inplace(a, 1.0),
+            "numpy": lambda: np.multiply(a, 1.0, out=a),
+        }, repeat, 1)
+        rep.check(f"scale_inplace vs np.multiply(out=a), 1 thread [{tag}]", t["numpy"] / t["ours"], 1.0)
+
+    t = interleaved({
+        "ours": lambda: memory_ops.scale_copy(a, 2.0, out=out),
+        "numpy": lambda: np.multiply(a, 2.0, out=out),
+        "limit": lambda: _core._stream("scale", o64, a64, None, 2.0),
+    }, repeat, 1)
+    rep.check(f"scale_copy(out=) vs np.multiply(out=) [{tag}]", t["numpy"] / t["ours"], 1.2,
+              f"({2 * nb / t['ours'] / 1e9:.1f} GB/s, {t['limit'] / t['ours']:.0%} of limit)")
+    t = interleaved({
+        "ours": lambda: memory_ops.add_arrays(a, b, out=out),
+        "numpy": lambda: np.add(a, b, out=out),
+        "limit": lambda: _core._stream("add", o64, a64, b64),
+    }, repeat, 1)
+    rep.check(f"add_arrays(out=) vs np.add(out=) [{tag}]", t["numpy"] / t["ours"], 1.2,
+              f"({3 * nb / t['ours'] / 1e9:.1f} GB/s, {t['limit'] / t['ours']:.0%} of limit)")
+    del out, o64
+
+    t = interleaved({"ours": lambda: memory_ops.scale_copy(a, 2.0), "numpy": lambda: a * 2.0}, repeat, 1)
+    rep.check(f"scale_copy fresh vs a * f [{tag}]", t["numpy"] / t["ours"], 1.4)
+    t = interleaved({"ours": lambda: memory_ops.add_arrays(a, b), "numpy": lambda: a + b}, repeat, 1)
+    rep.check(f"add_arrays fresh vs a + b [{tag}]", t["numpy"] / t["ours"], 1.3)
+
+    t = interleaved({
+        "ours": lambda: memory_ops.safe_sum(a),
+        "numpy": lambda: a.sum(),
+        "limit": lambda: _core._stream("sum", None, a64, None),
+    }, repeat, 1)
+    rep.check(f"safe_sum vs a.sum() [{tag}]", t["numpy"] / t["ours"], 1.5,
+              f"({nb / t['ours'] / 1e9:.1f} GB/s)")
+    rep.check(f"safe_sum vs read limit [{tag}]", t["limit"] / t["ours"], 0.9)
+
+
+def tiny_targets(rep, repeat):
+    for n in (16, 100, 1000):
+        for dtype in (np.float64, np.float32):
+            a = np.random.default_rng(1).random(n).astype(dtype)
+            b = a.copy()
+            out = np.empty_like(a)
+            pairs = {
+                "scale_copy": (lambda: memory_ops.scale_copy(a, 2.0), lambda: a * 2.0),
+                "scale_copy(out=)": (lambda: memory_ops.scale_copy(a, 2.0, out=out), lambda: np.multiply(a, 2.0, out=out)),
+                "scale_inplace": (lambda: memory_ops.scale_inplace(b, 1.0), lambda: np.multiply(b, 1.0, out=b)),
+                "add_arrays": (lambda: memory_ops.add_arrays(a, b), lambda: a + b),
+                "add_arrays(out=)": (lambda: memory_ops.add_arrays(a, b, out=out), lambda: np.add(a, b, out=out)),
+                "safe_sum": (lambda: memory_ops.safe_sum(a), lambda: a.sum()),
+            }
+            for op, (ours, theirs) in pairs.items():
+                t = interleaved({"ours": ours, "numpy": theirs}, repeat, 2000)
+                rep.check(f"tiny {op} vs NumPy [{dtype.__name__}, n={n}]", t["numpy"] / t["ours"], 1.0,
+                          f"({t['ours'] * 1e9:.0f} ns vs {t['numpy'] * 1e9:.0f} ns)")
+
+
+def numexpr_targets(rep, sizes, repeat):
+    if numexpr is None:
+        rep.skip("numexpr comparisons", "numexpr is not installed")
+        return
+    threads = memory_ops.get_num_threads()
+    numexpr.set_num_threads(threads)
+    for n in sizes:
+        a = np.random.default_rng(2).random(n)
+        b = a.copy()
+        out = np.empty_like(a)
+        calls = max(1, 2_000_000 // max(n, 1))
+        pairs = {
+            "scale": (lambda: memory_ops.scale_copy(a, 2.0, out=out), lambda: numexpr.evaluate("a * 2.0", out=out)),
+            "add": (lambda: memory_ops.add_arrays(a, b, out=out), lambda: numexpr.evaluate("a + b", out=out)),
+            "sum": (lambda: memory_ops.safe_sum(a), lambda: numexpr.evaluate("sum(a)")),
+        }
+        for op, (ours, theirs) in pairs.items():
+            t = interleaved({"ours": ours, "numexpr": theirs}, repeat, calls)
+            rep.check(f"{op} vs numexpr ({threads} threads) [n={n:,}]", t["numexpr"] / t["ours"], 1.0)
+
+
+def scaling_targets(rep, repeat):
+    n = 1 << 20  # 8 MiB of float64: resident in this machine's L3
+    a = np.random.default_rng(3).random(n)
+    out = np.empty_like(a)
+    ops = {
+        "scale_inplace": lambda: memory_ops.scale_inplace(a, 1.0),
+        "scale_copy(out=)": lambda: memory_ops.scale_copy(a, 2.0, out=out),
+        "add_arrays(out=)": lambda: memory_ops.add_arrays(a, a, out=out),
+        "safe_sum": lambda: memory_ops.safe_sum(a),
+    }
+    for op, fn in ops.items():
+        def with_threads(k):
+            def run():
+                with memory_ops.threads(k):
+                    fn()
+            return run
+        t = interleaved({"1": with_threads(1), "2": with_threads(2)}, repeat, 20)
+        rep.check(f"{op}: 2 threads vs 1 [float64, n={n:,}, L3-resident]", t["1"] / t["2"], 1.7)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller DRAM size")
+    parser.add_argument("--repeat", type=int, default=None, help="interleaved repeats per comparison")
+    args = parser.parse_args()
+    repeat = args.repeat or (3 if args.quick else 11)
+    dram = 1 << (23 if args.quick else 25)
+
+    info = memory_ops.info()
+    print(f"memory_ops {info['version']} on {info['simd']}, {info['num_threads']} OpenMP threads, "
+          f"numpy {np.__version__}, numexpr {numexpr.__version__ if numexpr else 'absent'}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n")
+    rep = Report()
+    for n in (dram, 5_000_000):
+        for dtype in (np.float64, np.float32):
+            dram_targets(rep, n, dtype, repeat)
+    tiny_targets(rep, repeat)
+    numexpr_targets(rep, [16, 1000, 100_000, 1 << 20, dram], repeat)
+    scaling_targets(rep, repeat)
+    rep.summary()
+
+
+if __name__ == "__main__":
+    main()
