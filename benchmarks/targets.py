@@ -149,9 +149,9 @@ def numexpr_targets(rep, sizes, repeat):
         out = np.empty_like(a)
         calls = max(1, 2_000_000 // max(n, 1))
         pairs = {
-            "scale": (lambda: memory_ops.scale_copy(a, 2.0, out=out), lambda: numexpr.evaluate("a * 2.0", out=out)),
-            "add": (lambda: memory_ops.add_arrays(a, b, out=out), lambda: numexpr.evaluate("a + b", out=out)),
-            "sum": (lambda: memory_ops.safe_sum(a), lambda: numexpr.evaluate("sum(a)")),
+            "scale": (lambda: memory_ops.scale_copy(a, 2.0, out=out), lambda: numexpr.evaluate("a * 2.0", local_dict={"a": a}, out=out)),
+            "add": (lambda: memory_ops.add_arrays(a, b, out=out), lambda: numexpr.evaluate("a + b", local_dict={"a": a, "b": b}, out=out)),
+            "sum": (lambda: memory_ops.safe_sum(a), lambda: numexpr.evaluate("sum(a)", local_dict={"a": a})),
         }
         for op, (ours, theirs) in pairs.items():
             t = interleaved({"ours": ours, "numexpr": theirs}, repeat, calls)
