@@ -68,6 +68,8 @@ py::dict build_info()
     d["simd_compiled"] = names(false);
     d["simd_supported"] = names(true);
     d["num_threads"] = get_num_threads();
+    d["serial_threshold"] = serial_threshold().load();
+    d["fork_child_serial"] = fork_guard().serial_only.load();
 #ifdef _OPENMP
     d["openmp"] = _OPENMP;
 #else
@@ -145,5 +147,13 @@ its dtype needs converting (float16, small integers, non-native byte order).)doc
           "STREAM-style bandwidth reference on contiguous float64 arrays, for memory_ops.bench: op is "
           "copy (dst=a), scale (dst=scalar*a), add (dst=a+b), sum (returns sum(a)) or touch (one write per "
           "4 KiB page of dst). Uses get_num_threads() threads, without the GIL.");
+    m.def("_set_serial_threshold",
+          [](index_t n) {
+              if (n < 0) throw py::value_error("_set_serial_threshold: n must be >= 0");
+              return serial_threshold().exchange(n);
+          },
+          py::arg("n"),
+          "Set the number of elements below which kernels run serially; returns the previous value. "
+          "For benchmarks/threshold.py.");
     m.def("_info", &build_info, "Build and run-time facts (see memory_ops.info()).");
 }

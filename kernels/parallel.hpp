@@ -2,8 +2,8 @@
 //
 // Work is split into one contiguous chunk per thread (a static schedule), each chunk a whole multiple
 // of `grain` items, so only the last chunk has a tail and, for grain = 64 elements, no two threads
-// write the same cache line of a 64-byte-aligned output. Below `serial_threshold` elements of work
-// there is no parallel region at all: waking a team costs more than it saves there.
+// write the same cache line of a 64-byte-aligned output. Below serial_threshold() elements of work
+// there is no parallel region at all.
 #pragma once
 
 #include <algorithm>
@@ -17,9 +17,15 @@
 
 namespace memory_ops {
 
-// Elements of work below which a kernel runs on the calling thread alone. Chosen from measurements
-// of the fork/join cost against per-element time; see README, "Serial/parallel threshold".
-inline constexpr index_t serial_threshold = index_t{1} << 15;
+// Elements of work below which a kernel runs on the calling thread alone: waking a team costs
+// more than it saves there. The default is chosen from measurements (benchmarks/threshold.py; see
+// README, "Serial/parallel threshold"); the benchmark changes it through _core._set_serial_threshold.
+inline constexpr index_t default_serial_threshold = index_t{1} << 15;
+inline std::atomic<index_t>& serial_threshold() noexcept
+{
+    static std::atomic<index_t> threshold{default_serial_threshold};
+    return threshold;
+}
 
 // Items per chunk boundary for element-wise kernels: a multiple of every SIMD batch width and one
 // 512-byte stretch of float64 (8 cache lines).
@@ -52,7 +58,7 @@ void parallel_for(index_t n_items, index_t grain, index_t cost_per_item, F&& f) 
     if (n_items <= 0) return;
 #ifdef _OPENMP
     const index_t max_chunks = (n_items + grain - 1) / grain;
-    const int threads = (n_items * cost_per_item < serial_threshold || fork_guard().serial_only.load(std::memory_order_relaxed))
+    const int threads = (n_items * cost_per_item < serial_threshold().load(std::memory_order_relaxed) || fork_guard().serial_only.load(std::memory_order_relaxed))
                             ? 1
                             : static_cast<int>(std::min<index_t>(omp_get_max_threads(), max_chunks));
     if (threads > 1) {
