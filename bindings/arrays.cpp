@@ -14,15 +14,27 @@ py::dtype dtype_of(native t)
 
 bool native_of(const py::dtype& dt, native& t)
 {
-    static const py::dtype f32 = py::dtype::of<float>(), f64 = py::dtype::of<double>(),
-                           i32 = py::dtype::of<std::int32_t>(), i64 = py::dtype::of<std::int64_t>();
-    // PyArray_EquivTypes: same kind, size and byte order (so '>f8' is not native here).
-    if (dt.equal(f64)) t = native::f64;
-    else if (dt.equal(f32)) t = native::f32;
-    else if (dt.equal(i64)) t = native::i64;
-    else if (dt.equal(i32)) t = native::i32;
+    // Read straight from the descriptor: PyArray_EquivTypes goes through NumPy 2's casting machinery
+    // and costs more than a small kernel. Native byte order is '=' (or '|', or the explicit native
+    // character); the builtin float/int kinds have no other flavours of these sizes.
+    const char order = dt.byteorder();
+    constexpr char native_char = PY_LITTLE_ENDIAN ? '<' : '>';
+    if (order != '=' && order != '|' && order != native_char) return false;
+    const char kind = dt.kind();
+    const auto size = dt.itemsize();
+    if (kind == 'f' && size == 8) t = native::f64;
+    else if (kind == 'f' && size == 4) t = native::f32;
+    else if (kind == 'i' && size == 8) t = native::i64;
+    else if (kind == 'i' && size == 4) t = native::i32;
     else return false;
     return true;
+}
+
+bool same_dtype(const py::dtype& a, const py::dtype& b)
+{
+    native ta, tb;
+    if (native_of(a, ta)) return native_of(b, tb) && ta == tb;
+    return a.equal(b) && a.byteorder() == b.byteorder();
 }
 
 py::module_& numpy()
@@ -149,7 +161,7 @@ void check_out(const char* op, const py::handle& out, const py::dtype& dtype, co
     if (!py::isinstance<py::array>(out))
         throw py::type_error(std::string(op) + ": out must be a NumPy ndarray; got " + type_name(out));
     auto o = py::reinterpret_borrow<py::array>(out);
-    if (!o.dtype().equal(dtype) || o.dtype().byteorder() != dtype.byteorder())
+    if (!same_dtype(o.dtype(), dtype))
         throw py::type_error(std::string(op) + ": out has dtype " + dtype_str(o.dtype()) + ", expected " +
                              dtype_str(dtype) + " (" + dtype_reason + ")");
     bool same_shape = o.ndim() == like.ndim();

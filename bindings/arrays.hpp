@@ -24,6 +24,9 @@ py::dtype dtype_of(native t);
 // Whether dt is one of the native types, in native byte order; if so, stores which in t.
 bool native_of(const py::dtype& dt, native& t);
 
+// Whether two dtypes are the same type in the same byte order (cheaply for the native types).
+bool same_dtype(const py::dtype& a, const py::dtype& b);
+
 // The NumPy module, imported once.
 py::module_& numpy();
 

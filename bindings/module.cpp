@@ -11,6 +11,7 @@
 #endif
 
 #include "dispatch.hpp"
+#include "fastcall.hpp"
 #include "parallel.hpp"
 #include "op_bindings.hpp"
 
@@ -83,18 +84,13 @@ py::dict build_info()
     return d;
 }
 
-}  // namespace
+// ---- the four ops: vectorcall entry points (see fastcall.hpp) ----------------------------------
+// Docstrings open with the signature line CPython turns into __text_signature__ (inspect.signature).
 
-PYBIND11_MODULE(_core, m)
-{
-    // See fork_guard in kernels/parallel.hpp: a fork child must not enter libgomp's dead pool.
-    pthread_atfork(nullptr, nullptr, [] { on_fork_child(); });
+constexpr const char* scale_copy_doc = R"doc(scale_copy(input, factor, *, out=None)
+--
 
-    m.doc() = "memory_ops compiled core: copy-free xsimd + OpenMP kernels. Use the memory_ops package.";
-
-    m.def("scale_copy", &bind::scale_copy, py::arg("input"), py::arg("factor"), py::kw_only(),
-          py::arg("out") = py::none(),
-          R"doc(Return ``input * factor`` as a new array (or in ``out``).
+Return ``input * factor`` as a new array (or in ``out``).
 
 The result dtype is NumPy's (NEP 50): a Python float keeps float32 as float32; a NumPy float64
 scalar makes it float64; integer input with a float factor gives float64. float32/float64/int32/int64
@@ -105,34 +101,100 @@ shape (any strides); ``out`` may be ``input`` itself (in place) or overlap it (t
 NumPy's). Returns the result (``out`` itself when given).
 
 Raises TypeError for a non-real factor, a non-numeric input or a wrong ``out`` type/dtype;
-ValueError for a wrong ``out`` shape or a read-only ``out``.)doc");
+ValueError for a wrong ``out`` shape or a read-only ``out``.)doc";
 
-    m.def("scale_inplace", &bind::scale_inplace, py::arg("arr"), py::arg("factor"),
-          R"doc(Multiply ``arr`` by ``factor`` in place (``arr *= factor``); returns None.
+constexpr const char* scale_inplace_doc = R"doc(scale_inplace(arr, factor)
+--
+
+Multiply ``arr`` by ``factor`` in place (``arr *= factor``); returns None.
 
 ``arr`` must be a writable float32 or float64 ndarray in native byte order, with any shape and
 strides; it is never copied. Anything else raises before a byte is written: TypeError for a
 non-ndarray (a list would be converted and the copy lost), another dtype or a non-real factor,
 ValueError for a read-only array. A NumPy float64 scalar factor on a float32 array is applied in
-float64 and rounded back, as NumPy does.)doc");
+float64 and rounded back, as NumPy does.)doc";
 
-    m.def("add_arrays", &bind::add_arrays, py::arg("a"), py::arg("b"), py::kw_only(),
-          py::arg("out") = py::none(),
-          R"doc(Return ``a + b`` for arrays of equal shape, as a new array (or in ``out``).
+constexpr const char* add_arrays_doc = R"doc(add_arrays(a, b, *, out=None)
+--
+
+Return ``a + b`` for arrays of equal shape, as a new array (or in ``out``).
 
 No broadcasting: different shapes raise ValueError naming both, even when the sizes agree.
 The result dtype is NumPy's; float32/float64/int32/int64 pairs run natively (integers wrap like
 NumPy's), other real dtypes are converted once as NumPy promotes them. Inputs of any strides are
-read in place. ``out`` rules are those of scale_copy.)doc");
+read in place. ``out`` rules are those of scale_copy.)doc";
 
-    m.def("safe_sum", &bind::safe_sum, py::arg("arr"),
-          R"doc(Return the sum of all elements of ``arr`` as a Python number.
+constexpr const char* safe_sum_doc = R"doc(safe_sum(arr)
+--
+
+Return the sum of all elements of ``arr`` as a Python number.
 
 Floating input gives a float, accumulated in float64 with compensated summation (float32 widened
 exactly): more accurate than NumPy's pairwise ``arr.sum()``, and bit-identical for any thread count
 and any SIMD target. Integer and bool input gives an exact int computed modulo 2**64 like NumPy's
 int64 (uint64 for unsigned) accumulator. Any shape and strides; the input is never copied unless
-its dtype needs converting (float16, small integers, non-native byte order).)doc");
+its dtype needs converting (float16, small integers, non-native byte order).)doc";
+
+PyObject* scale_copy_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames)
+{
+    static const bind::signature<3> sig{"scale_copy", {"input", "factor", "out"}, 2, 2};
+    std::array<PyObject*, 3> a;
+    if (!sig.parse(args, nargs, kwnames, a)) return nullptr;
+    return bind::translate([&] {
+        return bind::scale_copy(bind::arg_or_none(a[0]), bind::arg_or_none(a[1]), bind::arg_or_none(a[2])).release().ptr();
+    });
+}
+
+PyObject* scale_inplace_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames)
+{
+    static const bind::signature<2> sig{"scale_inplace", {"arr", "factor"}, 2, 2};
+    std::array<PyObject*, 2> a;
+    if (!sig.parse(args, nargs, kwnames, a)) return nullptr;
+    return bind::translate([&] {
+        bind::scale_inplace(bind::arg_or_none(a[0]), bind::arg_or_none(a[1]));
+        return py::none().release().ptr();
+    });
+}
+
+PyObject* add_arrays_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames)
+{
+    static const bind::signature<3> sig{"add_arrays", {"a", "b", "out"}, 2, 2};
+    std::array<PyObject*, 3> a;
+    if (!sig.parse(args, nargs, kwnames, a)) return nullptr;
+    return bind::translate([&] {
+        return bind::add_arrays(bind::arg_or_none(a[0]), bind::arg_or_none(a[1]), bind::arg_or_none(a[2])).release().ptr();
+    });
+}
+
+PyObject* safe_sum_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames)
+{
+    static const bind::signature<1> sig{"safe_sum", {"arr"}, 1, 1};
+    std::array<PyObject*, 1> a;
+    if (!sig.parse(args, nargs, kwnames, a)) return nullptr;
+    return bind::translate([&] { return bind::safe_sum(bind::arg_or_none(a[0])).release().ptr(); });
+}
+
+PyMethodDef op_methods[] = {
+    {"scale_copy", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&scale_copy_fast)),
+     METH_FASTCALL | METH_KEYWORDS, scale_copy_doc},
+    {"scale_inplace", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&scale_inplace_fast)),
+     METH_FASTCALL | METH_KEYWORDS, scale_inplace_doc},
+    {"add_arrays", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&add_arrays_fast)),
+     METH_FASTCALL | METH_KEYWORDS, add_arrays_doc},
+    {"safe_sum", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&safe_sum_fast)),
+     METH_FASTCALL | METH_KEYWORDS, safe_sum_doc},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m)
+{
+    // See fork_guard in kernels/parallel.hpp: a fork child must not enter libgomp's dead pool.
+    pthread_atfork(nullptr, nullptr, [] { on_fork_child(); });
+
+    m.doc() = "memory_ops compiled core: copy-free xsimd + OpenMP kernels. Use the memory_ops package.";
+
+    if (PyModule_AddFunctions(m.ptr(), op_methods) != 0) throw py::error_already_set();
 
     m.def("get_num_threads", &get_num_threads,
           "Number of OpenMP threads a kernel started from this Python thread may use.");

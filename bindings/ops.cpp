@@ -28,7 +28,8 @@ template <int N, class Kernel>
 py::object elementwise(const char* op, std::array<py::array, N - 1> inputs, const py::dtype& result,
                        native compute, const py::object& out, Kernel&& kernel)
 {
-    const bool native_result = result.equal(dtype_of(compute));
+    native r;
+    const bool native_result = native_of(result, r) && r == compute;
     const bool has_out = !out.is_none();
     if (has_out) check_out(op, out, result, inputs[0], "NumPy's result dtype for these arguments");
     py::array target = (has_out && native_result) ? py::reinterpret_borrow<py::array>(out)
@@ -102,9 +103,11 @@ void scale_inplace(const py::object& arr, const py::object& factor)
     py::dtype result = a.dtype();
     if (!PyFloat_CheckExact(factor.ptr())) {
         result = result_dtype(op, a, factor);
-        if (t == native::f32 && result.equal(dtype_of(native::f64)))
+        native r;
+        const bool native_result = native_of(result, r);
+        if (t == native::f32 && native_result && r == native::f64)
             compute = native::f64;
-        else if (!result.equal(a.dtype()))
+        else if (!native_result || r != t)
             throw py::type_error(std::string(op) + ": a factor of type " +
                                  py::str(py::type::of(factor).attr("__name__")).cast<std::string>() +
                                  " promotes the result to " + dtype_str(result) + ", which cannot be stored in a " +
