@@ -132,19 +132,22 @@ inline void fence_streams() noexcept
 
 // out[i] = vec(i) for whole batches of W elements, scal(i) for the rest, over i in [0, n); out is
 // aligned to its element size. Reads by vec/scal may alias out element for element (in place).
-// With `stream`, batch stores are non-temporal from the first batch-aligned element of out on.
+// A scalar head first brings out to the batch alignment (NumPy's buffers are 16-byte aligned, and
+// a misaligned 64-byte store splits two cache lines). With `stream`, batch stores are non-temporal.
 template <class A, class U, class Vec, class Scal>
 inline void map_contiguous(U* out, index_t n, bool stream, Vec vec, Scal scal) noexcept
 {
     constexpr index_t W = xsimd::batch<U, A>::size;
+    constexpr std::uintptr_t align = A::alignment();
+    const auto misalign = reinterpret_cast<std::uintptr_t>(out) % align;
+    const index_t head = n < 2 * W ? 0 : static_cast<index_t>((align - misalign) % align / sizeof(U));
     index_t i = 0;
-    if (stream) {
-        const auto misalign = reinterpret_cast<std::uintptr_t>(out) % A::alignment();
-        const index_t head = std::min<index_t>(n, static_cast<index_t>((A::alignment() - misalign) % A::alignment() / sizeof(U)));
-        for (; i < head; ++i) out[i] = scal(i);
+    for (; i < head; ++i) out[i] = scal(i);
+    if (stream && (reinterpret_cast<std::uintptr_t>(out + i) % align) == 0) {
         for (; i + W <= n; i += W) store_stream<A>(out + i, vec(i));
         fence_streams();
     } else {
+        // (also a short run of a streamed output: too short to align, it takes ordinary stores)
         for (; i + 4 * W <= n; i += 4 * W) {
             vec(i).store_unaligned(out + i);
             vec(i + W).store_unaligned(out + i + W);
@@ -398,22 +401,28 @@ double stream_kernel::operator()(Arch, stream_op op, double* dst, const double* 
     switch (op) {
     case stream_op::copy:
     case stream_op::scale:
-    case stream_op::add:
+    case stream_op::add: {
+        // The same loop, alignment and streaming-store policy as the kernels: the best a plain
+        // loop does on this machine (in place, dst == a, never streams).
+        const bool stream = dst != a && dst != b && stream_output(n * index_t{sizeof(double)});
+        const B f(s);
         parallel_for(n, element_grain, 1, [&](index_t begin, index_t end) {
-            index_t i = begin;
-            if (op == stream_op::copy) {
-                for (; i + W <= end; i += W) B::load_unaligned(a + i).store_unaligned(dst + i);
-                for (; i < end; ++i) dst[i] = a[i];
-            } else if (op == stream_op::scale) {
-                const B f(s);
-                for (; i + W <= end; i += W) (f * B::load_unaligned(a + i)).store_unaligned(dst + i);
-                for (; i < end; ++i) dst[i] = s * a[i];
-            } else {
-                for (; i + W <= end; i += W) (B::load_unaligned(a + i) + B::load_unaligned(b + i)).store_unaligned(dst + i);
-                for (; i < end; ++i) dst[i] = a[i] + b[i];
-            }
+            double* d = dst + begin;
+            const double* x = a + begin;
+            const double* y = b ? b + begin : nullptr;
+            const index_t m = end - begin;
+            if (op == stream_op::copy)
+                map_contiguous<Arch>(d, m, stream, [&](index_t i) { return B::load_unaligned(x + i); },
+                                     [&](index_t i) { return x[i]; });
+            else if (op == stream_op::scale)
+                map_contiguous<Arch>(d, m, stream, [&](index_t i) { return f * B::load_unaligned(x + i); },
+                                     [&](index_t i) { return s * x[i]; });
+            else
+                map_contiguous<Arch>(d, m, stream, [&](index_t i) { return B::load_unaligned(x + i) + B::load_unaligned(y + i); },
+                                     [&](index_t i) { return x[i] + y[i]; });
         });
         return 0.0;
+    }
     case stream_op::touch: {
         constexpr index_t page = 4096 / sizeof(double);
         parallel_for(n, page, 1, [&](index_t begin, index_t end) {
