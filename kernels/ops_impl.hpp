@@ -274,6 +274,28 @@ inline double result(const float_partial& p) noexcept
 }
 inline std::uint64_t result(std::uint64_t p) noexcept { return p; }
 
+// One batch B loaded from B::size elements of type V, converted exactly (float -> double, int32 ->
+// int64). xsimd's own converting load goes through a stack buffer element by element; the vector
+// conversion compiles to one widening instruction (vcvtps2pd, vpmovsxdq) on every x86 target.
+template <class B, class V>
+inline B load_widened(const V* p) noexcept
+{
+    using T = typename B::value_type;
+    if constexpr (std::is_same<T, V>::value) {
+        return B::load_unaligned(p);
+    } else {
+        constexpr std::size_t W = B::size;
+        typedef V narrow __attribute__((vector_size(W * sizeof(V))));
+        typedef T wide __attribute__((vector_size(W * sizeof(T))));
+        narrow v;
+        std::memcpy(&v, p, sizeof v);
+        const wide w = __builtin_convertvector(v, wide);
+        T lanes[W];
+        std::memcpy(lanes, &w, sizeof w);
+        return B::load_unaligned(lanes);
+    }
+}
+
 // Adds one run of n elements (byte step `step`) into st, element j into lane j % sum_lanes.
 template <class A, class T>
 void accumulate(sum_state<double>& st, const char* p, index_t n, index_t step) noexcept
@@ -291,7 +313,7 @@ void accumulate(sum_state<double>& st, const char* p, index_t n, index_t step) n
             c[k] = B::load_unaligned(st.c + k * W);
         }
         for (; i + sum_lanes <= n; i += sum_lanes)
-            for (index_t k = 0; k < NB; ++k) two_sum(s[k], B::load_unaligned(x + i + k * W), c[k]);
+            for (index_t k = 0; k < NB; ++k) two_sum(s[k], load_widened<B>(x + i + k * W), c[k]);
         for (index_t k = 0; k < NB; ++k) {
             s[k].store_unaligned(st.s + k * W);
             c[k].store_unaligned(st.c + k * W);
@@ -318,7 +340,7 @@ void accumulate(sum_state<std::uint64_t>& st, const char* p, index_t n, index_t 
         B s[NB];
         for (index_t k = 0; k < NB; ++k) s[k] = B::load_unaligned(lanes + k * W);
         for (; i + sum_lanes <= n; i += sum_lanes)
-            for (index_t k = 0; k < NB; ++k) s[k] = s[k] + B::load_unaligned(x + i + k * W);  // widens int32
+            for (index_t k = 0; k < NB; ++k) s[k] = s[k] + load_widened<B>(x + i + k * W);
         for (index_t k = 0; k < NB; ++k) s[k].store_unaligned(lanes + k * W);
     }
     for (; i < n; ++i)
