@@ -20,7 +20,7 @@ namespace memory_ops {
 // Elements of work below which a kernel runs on the calling thread alone: waking a team costs
 // more than it saves there. The default is chosen from measurements (benchmarks/threshold.py; see
 // README, "Serial/parallel threshold"); the benchmark changes it through _core._set_serial_threshold.
-inline constexpr index_t default_serial_threshold = index_t{1} << 15;
+inline constexpr index_t default_serial_threshold = index_t{1} << 16;
 inline std::atomic<index_t>& serial_threshold() noexcept
 {
     static std::atomic<index_t> threshold{default_serial_threshold};

@@ -21,8 +21,8 @@ import memory_ops  # noqa: E402  (conftest lives in tests/, the package at the r
 SIMD_TARGETS = list(memory_ops.info()["simd_supported"])
 
 # Sizes that hit every SIMD tail: 0, below one batch, around batch multiples (4/8/16 lanes, unroll
-# by 2 or 4), well above, and across the serial/parallel threshold (2**15 elements).
-TAIL_SIZES = [0, 1, 2, 3, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 1000, 4097, 2**15 + 3, 2**16 + 5]
+# by 2 or 4), well above, and across the serial/parallel threshold (2**16 elements).
+TAIL_SIZES = [0, 1, 2, 3, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 1000, 4097, 2**15 + 3, 2**16 + 5, 2**17 + 7]
 
 PYTHON = sys.executable  # children run with the interpreter running the tests
 

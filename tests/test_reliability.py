@@ -28,7 +28,7 @@ import pytest
 import memory_ops
 from conftest import PYTHON, REPO_ROOT, SIMD_TARGETS, assert_same_array, random_values, subprocess_env
 
-SMALL = 1000  # below the serial threshold (2**15 elements): the calling thread alone
+SMALL = 1000  # below the serial threshold (2**16 elements): the calling thread alone
 LARGE = 300_000  # above it: an OpenMP parallel region when more than one thread is allowed
 FACTOR = 1.7
 JOIN_TIMEOUT = 60  # seconds; generous, a hang is what it catches

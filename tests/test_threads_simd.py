@@ -12,7 +12,7 @@ import pytest
 import memory_ops
 from conftest import PYTHON, SIMD_TARGETS, assert_same_array, random_values, subprocess_env
 
-BIG = 2**20 + 3  # well past the serial threshold (2**15 elements): the parallel path runs
+BIG = 2**20 + 3  # well past the serial threshold (2**16 elements): the parallel path runs
 
 
 def run_python(repo_root, code, timeout=120, **env):
