@@ -376,15 +376,18 @@ def _child_main(queue, expected):
         raise
 
 
-def _run_child(ctx, expected):
+def _start_and_collect(ctx, target, payload, *, daemon, timeout):
+    """Start target(queue, payload) in a child; return (report or None, still alive, exit code, pid).
+
+    A child that hangs is terminated (after `timeout` for its report and again for its exit)."""
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child_main, args=(queue, expected), daemon=True)
+    proc = ctx.Process(target=target, args=(queue, payload), daemon=daemon)
     proc.start()
     try:
         try:
-            report = queue.get(timeout=JOIN_TIMEOUT)
-        except Exception as e:  # queue.Empty: the child hung or died before reporting
-            report = {"bad": None, "pid": proc.pid, "error": f"no report from the child ({type(e).__name__})"}
+            report = queue.get(timeout=timeout)
+        except Exception:  # queue.Empty: the child hung or died before reporting
+            report = None
         proc.join(JOIN_TIMEOUT)
         alive = proc.is_alive()
     finally:
@@ -393,9 +396,16 @@ def _run_child(ctx, expected):
             proc.join(10)
         queue.close()
         queue.join_thread()
+    return report, alive, proc.exitcode, proc.pid
+
+
+def _run_child(ctx, expected):
+    report, alive, exitcode, pid = _start_and_collect(ctx, _child_main, expected, daemon=True, timeout=JOIN_TIMEOUT)
+    if report is None:
+        report = {"bad": None, "pid": pid, "error": "no report from the child (it hung or died first)"}
     assert not alive, f"{ctx.get_start_method()} child did not finish within {JOIN_TIMEOUT} s (hang?)"
     assert report["error"] is None, report["error"]
-    assert proc.exitcode == 0, f"{ctx.get_start_method()} child exit code {proc.exitcode}"
+    assert exitcode == 0, f"{ctx.get_start_method()} child exit code {exitcode}"
     assert report["pid"] != os.getpid()
     assert report["bad"] == [], f"{ctx.get_start_method()} child results differ from the parent's: {report['bad']}"
     return report
@@ -451,27 +461,14 @@ def test_fork_grandchild_after_a_parallel_region(parent_results):
     # A fork child's fork child: the guard is inherited, the grandchild runs serially too.
     _run_parallel_region()
     ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
 
     def middle():  # runs in the child (fork: closures need no pickling)
         _run_child(ctx, parent_results)
 
-    # Not a daemon: daemonic processes may not have children. Terminated below if it hangs.
-    proc = ctx.Process(target=_in_child_report, args=(queue, middle), daemon=False)
-    proc.start()
-    try:
-        try:
-            report = queue.get(timeout=2 * JOIN_TIMEOUT)
-        except Exception as e:
-            report = f"no report from the child ({type(e).__name__})"
-        proc.join(JOIN_TIMEOUT)
-        alive = proc.is_alive()
-    finally:
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(10)
-        queue.close()
-        queue.join_thread()
+    # Not a daemon: daemonic processes may not have children. Terminated if it hangs.
+    report, alive, _, _ = _start_and_collect(ctx, _in_child_report, middle, daemon=False, timeout=2 * JOIN_TIMEOUT)
+    if report is None:
+        report = "no report from the child (it hung or died first)"
     assert not alive
     assert report == "ok", report
     assert proc.exitcode == 0
