@@ -466,12 +466,12 @@ def test_fork_grandchild_after_a_parallel_region(parent_results):
         _run_child(ctx, parent_results)
 
     # Not a daemon: daemonic processes may not have children. Terminated if it hangs.
-    report, alive, _, _ = _start_and_collect(ctx, _in_child_report, middle, daemon=False, timeout=2 * JOIN_TIMEOUT)
+    report, alive, exitcode, _ = _start_and_collect(ctx, _in_child_report, middle, daemon=False, timeout=2 * JOIN_TIMEOUT)
     if report is None:
         report = "no report from the child (it hung or died first)"
     assert not alive
     assert report == "ok", report
-    assert proc.exitcode == 0
+    assert exitcode == 0
 
 
 def _in_child_report(queue, fn):
