@@ -2,6 +2,7 @@
 // No arithmetic on elements happens here.
 #include "op_bindings.hpp"
 
+#include <cmath>
 #include <string>
 
 #include "arrays.hpp"
@@ -12,6 +13,16 @@ namespace memory_ops::bind {
 namespace {
 
 bool is_float(native t) { return t == native::f32 || t == native::f64; }
+
+// Whether `factor` is a Python float that NumPy would turn into a float32/float64 t silently (weak
+// scalar, NEP 50), so the shortcut static_cast gives NumPy's value without skipping its overflow
+// warning: a finite double that overflows float32 takes NumPy's own conversion instead.
+bool plain_float_factor(native t, const py::handle& factor)
+{
+    if (!PyFloat_CheckExact(factor.ptr())) return false;
+    const double d = PyFloat_AS_DOUBLE(factor.ptr());
+    return t == native::f64 || !(std::isfinite(d) && std::isinf(static_cast<float>(d)));
+}
 
 // A Python int/float/bool keeps its NEP 50 "weak" status in promotion; anything else is promoted as
 // the array it became.
@@ -29,16 +40,17 @@ py::object elementwise(const char* op, std::array<py::array, N - 1> inputs, cons
                        native compute, const py::object& out, Kernel&& kernel)
 {
     native r;
-    const bool native_result = native_of(result, r) && r == compute;
     const bool has_out = !out.is_none();
     if (has_out) check_out(op, out, result, inputs[0], "NumPy's result dtype for these arguments");
-    py::array target = (has_out && native_result) ? py::reinterpret_borrow<py::array>(out)
-                                                  : empty_like_shape(inputs[0], compute);
+    // The kernel writes `out` directly unless the result needs a cast, or `out` has elements that
+    // share memory (threads would race on them): then a fresh array, copied into `out` at the end.
+    const bool direct = native_of(result, r) && r == compute &&
+                        !(has_out && may_self_overlap(py::reinterpret_borrow<py::array>(out)));
+    py::array target = (has_out && direct) ? py::reinterpret_borrow<py::array>(out) : empty_like_shape(inputs[0], compute);
 
-    if (has_out && native_result) {  // a fresh target overlaps nothing
-        const bool self_overlap = may_self_overlap(target);
+    if (has_out && direct) {  // a fresh target overlaps nothing
         for (auto& in : inputs)
-            if (self_overlap ? (in.size() > 0) : overlaps_partially(target, in)) in = in.attr("copy")();
+            if (overlaps_partially(target, in)) in = in.attr("copy")();
     }
 
     std::array<const py::array*, N> operands{&target};
@@ -51,7 +63,7 @@ py::object elementwise(const char* op, std::array<py::array, N - 1> inputs, cons
         kernel(view);
     }
 
-    if (native_result) return has_out ? out : py::object(target);
+    if (direct) return has_out ? out : py::object(target);
     if (has_out) {
         numpy().attr("copyto")(out, target, py::arg("casting") = "unsafe");
         return out;
@@ -68,7 +80,7 @@ py::object scale_copy(const py::object& input, const py::object& factor, const p
     py::array in = input_array(op, "input", input);
 
     native t;
-    const bool fast = native_of(in.dtype(), t) && is_float(t) && PyFloat_CheckExact(factor.ptr());
+    const bool fast = native_of(in.dtype(), t) && is_float(t) && plain_float_factor(t, factor);
     const py::dtype result = fast ? in.dtype() : result_dtype(op, promotion_operand(input, in), factor);
     const native compute = fast ? t : compute_type(op, result);
     in = as_native(in, compute);
@@ -101,7 +113,8 @@ void scale_inplace(const py::object& arr, const py::object& factor)
     // promoted dtype that differs and can be stored back is float64 for a float32 array.
     native compute = t;
     py::dtype result = a.dtype();
-    if (!PyFloat_CheckExact(factor.ptr())) {
+    const bool fast = plain_float_factor(t, factor);
+    if (!fast) {
         result = result_dtype(op, a, factor);
         native r;
         const bool native_result = native_of(result, r);
@@ -118,19 +131,17 @@ void scale_inplace(const py::object& arr, const py::object& factor)
     // so every memory element is scaled once, as NumPy does; otherwise there is no copy at all.
     const py::array source = may_self_overlap(a) ? py::array(a.attr("copy")()) : a;
     const nd_view<2> view = make_view<2>({&a, &source});
-    visit(t, [&](auto tag) {
-        using T = typename decltype(tag)::type;
-        auto run = [&](auto factor_value_c) {
-            py::gil_scoped_release nogil;  // the kernel touches only a's buffer, kept alive by `arr`
-            run_kernel<scale_kernel>(tag, view, factor_value_c);
-        };
-        if (compute == native::f64 && t == native::f32)
-            run(factor_value<double>(factor, result, compute));
-        else if (PyFloat_CheckExact(factor.ptr()))
-            run(static_cast<T>(PyFloat_AS_DOUBLE(factor.ptr())));
-        else
-            run(factor_value<T>(factor, result, compute));
-    });
+    auto run = [&](auto tag, auto f) {
+        py::gil_scoped_release nogil;  // the kernel touches only a's and source's buffers, kept alive here
+        run_kernel<scale_kernel>(tag, view, f);
+    };
+    const double d = fast ? PyFloat_AS_DOUBLE(factor.ptr()) : 0.0;
+    if (t == native::f64)
+        run(type_tag<double>{}, fast ? d : factor_value<double>(factor, result, compute));
+    else if (compute == native::f64)  // float32 storage, float64 arithmetic
+        run(type_tag<float>{}, factor_value<double>(factor, result, compute));
+    else
+        run(type_tag<float>{}, fast ? static_cast<float>(d) : factor_value<float>(factor, result, compute));
 }
 
 py::object add_arrays(const py::object& a, const py::object& b, const py::object& out)

@@ -16,8 +16,9 @@ double* contiguous_f64(const py::object& obj, const char* name, bool writable, p
         throw py::type_error(std::string("_stream: ") + name + " must be an ndarray");
     auto a = py::reinterpret_borrow<py::array>(obj);
     native t;
-    if (!native_of(a.dtype(), t) || t != native::f64 || !(a.flags() & py::array::c_style))
-        throw py::type_error(std::string("_stream: ") + name + " must be a C-contiguous float64 array");
+    if (!native_of(a.dtype(), t) || t != native::f64 || !(a.flags() & py::array::c_style) ||
+        !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        throw py::type_error(std::string("_stream: ") + name + " must be an aligned, C-contiguous float64 array");
     if (writable) check_writable("_stream", name, a);
     if (n >= 0 && a.size() != n) throw py::value_error("_stream: arrays differ in size");
     n = a.size();

@@ -266,11 +266,21 @@ inline std::uint64_t finish(const sum_state<std::uint64_t>& st) noexcept
 inline void combine(float_partial& acc, const float_partial& p) noexcept { add_partial(acc, p.hi, p.lo); }
 inline void combine(std::uint64_t& acc, std::uint64_t p) noexcept { acc += p; }
 
+// The element count of a view: a local copy of nd_view::size(), so no out-of-line inline function
+// is shared with (and possibly taken from) a translation unit built for another target.
+template <int N>
+inline index_t elements(const nd_view<N>& v) noexcept
+{
+    index_t n = 1;
+    for (int d = 0; d < v.ndim; ++d) n *= v.shape[d];
+    return n;
+}
+
 inline double result(const float_partial& p) noexcept
 {
     // A non-finite running sum (inf, NaN) is the answer as plain summation gives it; the
     // compensation is meaningless (inf - inf) there.
-    return std::isfinite(p.hi) ? p.hi + p.lo : p.hi;
+    return __builtin_isfinite(p.hi) ? p.hi + p.lo : p.hi;
 }
 inline std::uint64_t result(std::uint64_t p) noexcept { return p; }
 
@@ -354,8 +364,8 @@ void accumulate(sum_state<std::uint64_t>& st, const char* p, index_t n, index_t 
 template <class Arch, class T, class C>
 void scale_kernel::operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) const noexcept
 {
-    const bool stream = v.data[0] != v.data[1] && stream_output(v.size() * index_t{sizeof(T)});
-    parallel_for(v.size(), element_grain, 1, [&](index_t begin, index_t end) {
+    const bool stream = v.data[0] != v.data[1] && stream_output(elements(v) * index_t{sizeof(T)});
+    parallel_for(elements(v), element_grain, 1, [&](index_t begin, index_t end) {
         for_each_run(v, begin, end, [&](char* const* p, index_t n, const index_t* step) {
             scale_run<Arch, T, C>(p[0], p[1], n, step[0], step[1], factor, stream);
         });
@@ -365,8 +375,8 @@ void scale_kernel::operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) 
 template <class Arch, class T>
 void add_kernel::operator()(Arch, type_tag<T>, const nd_view<3>& v) const noexcept
 {
-    const bool stream = v.data[0] != v.data[1] && v.data[0] != v.data[2] && stream_output(v.size() * index_t{sizeof(T)});
-    parallel_for(v.size(), element_grain, 1, [&](index_t begin, index_t end) {
+    const bool stream = v.data[0] != v.data[1] && v.data[0] != v.data[2] && stream_output(elements(v) * index_t{sizeof(T)});
+    parallel_for(elements(v), element_grain, 1, [&](index_t begin, index_t end) {
         for_each_run(v, begin, end, [&](char* const* p, index_t n, const index_t* step) {
             constexpr index_t size = sizeof(T);
             bool aligned = true;
@@ -387,7 +397,7 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
 {
     using R = sum_result_t<T>;
     using partial = std::conditional_t<std::is_floating_point<T>::value, float_partial, std::uint64_t>;
-    const index_t n = v.size();
+    const index_t n = elements(v);
     const index_t blocks = (n + sum_block - 1) / sum_block;
     auto block = [&](index_t b) {
         sum_state<R> st;

@@ -8,7 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
 CXX_BIN=${CXX:-c++}
 
-restore() { "$PYTHON" setup.py -q build_ext --inplace >/dev/null; }
+# Both builds write memory_ops/_core*.so; the normal build's make would see it up to date, so the
+# sanitized module is removed first and the normal one relinked.
+restore() { rm -f memory_ops/_core.*.so; "$PYTHON" setup.py -q build_ext --inplace >/dev/null; }
 trap restore EXIT
 
 CMAKE_ARGS="-DMEMORY_OPS_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo ${CMAKE_ARGS:-}" \

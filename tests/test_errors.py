@@ -308,3 +308,12 @@ def test_python_int_factor_too_big_for_any_dtype_raises_like_numpy(dtype, factor
         with pytest.raises(numpy_error.type):
             memory_ops.scale_inplace(a, factor)
     assert snapshot(a) == before
+
+
+def test_stream_hook_refuses_misaligned_buffers():
+    n = 1000
+    misaligned = np.frombuffer(bytearray(8 * n + 1), dtype=np.float64, offset=1, count=n)
+    assert not misaligned.flags.aligned
+    with pytest.raises(TypeError, match="aligned"):
+        memory_ops._core._stream("sum", None, misaligned, None)
+    assert memory_ops._core._stream("sum", None, np.ones(n), None) == n

@@ -414,3 +414,34 @@ def test_self_overlapping_view_scaled_in_place_matches_numpy(how):
     else:
         assert memory_ops.scale_copy(window, 2.0, out=window) is window
     np.testing.assert_array_equal(base, expected_base, strict=True)
+
+
+# ---- NumPy's warnings and races NumPy does not have ------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["scale_copy", "scale_inplace"])
+def test_python_float_overflowing_float32_warns_like_numpy(call):
+    a = np.ones(5, np.float32)
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        expected = a * 1e300
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        got = memory_ops.scale_copy(a, 1e300) if call == "scale_copy" else memory_ops.scale_inplace(a, 1e300)
+    assert_same_array(a if got is None else got, expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_out_with_a_stride_0_axis_gets_numpy_s_value(threads):
+    # Every element of `out` is the same memory: NumPy's answer is the last element's value; a
+    # parallel kernel writing it directly would race.
+    n = 2**17 + 3
+    a = random_values(n, np.float64)
+    b = random_values(n, np.float64)
+    mine = np.lib.stride_tricks.as_strided(np.zeros(1), shape=(n,), strides=(0,), writeable=True)
+    numpys = np.lib.stride_tricks.as_strided(np.zeros(1), shape=(n,), strides=(0,), writeable=True)
+    with memory_ops.threads(threads):
+        assert memory_ops.scale_copy(a, 3.0, out=mine) is mine
+        np.multiply(a, 3.0, out=numpys)
+        assert_same_array(mine.copy(), numpys.copy())
+        assert memory_ops.add_arrays(a, b, out=mine) is mine
+        np.add(a, b, out=numpys)
+        assert_same_array(mine.copy(), numpys.copy())
