@@ -23,13 +23,6 @@ struct nd_view {
     index_t shape[max_dims];
     char* data[N];
     index_t strides[N][max_dims];
-
-    index_t size() const noexcept
-    {
-        index_t n = 1;
-        for (int d = 0; d < ndim; ++d) n *= shape[d];
-        return n;
-    }
 };
 
 // Rewrites v into the fewest axes that visit the same elements, in an order that keeps operand 0's

@@ -266,7 +266,7 @@ inline std::uint64_t finish(const sum_state<std::uint64_t>& st) noexcept
 inline void combine(float_partial& acc, const float_partial& p) noexcept { add_partial(acc, p.hi, p.lo); }
 inline void combine(std::uint64_t& acc, std::uint64_t p) noexcept { acc += p; }
 
-// The element count of a view: a local copy of nd_view::size(), so no out-of-line inline function
+// The element count of a view, defined here (unnamed namespace) so that no out-of-line inline function
 // is shared with (and possibly taken from) a translation unit built for another target.
 template <int N>
 inline index_t elements(const nd_view<N>& v) noexcept
