@@ -753,9 +753,12 @@ def test_arrays_of_more_than_2_31_elements():
 # ---- 6. Ctrl-C ----------------------------------------------------------------------------------
 
 LOOP_CHILD = r"""
-import json, sys
+import json, signal, sys
 import numpy as np
 import memory_ops
+# A shell running a background job sets SIGINT to "ignore" for it, and Python keeps an inherited
+# "ignore": restore Ctrl-C's KeyboardInterrupt, whatever launched the test run.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 a = np.ones(2**22)  # 32 MiB: each call takes milliseconds, so SIGINT mostly lands inside one
 out = np.empty_like(a)
 memory_ops.scale_inplace(np.ones(8), 2.0)  # first use: pybind11's NumPy set-up runs Python code
@@ -779,6 +782,9 @@ SINGLE_CALL_CHILD = r"""
 import json, os, signal, sys, threading
 import numpy as np
 import memory_ops
+# A shell running a background job sets SIGINT to "ignore" for it, and Python keeps an inherited
+# "ignore": restore Ctrl-C's KeyboardInterrupt, whatever launched the test run.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 a = np.ones(2**26)  # 512 MiB: one call takes tens of milliseconds
 # The first memory_ops call of a process initialises pybind11's NumPy support, which runs Python
 # code (and imports): the GIL can change hands there. Do it now, so that the call below releases
