@@ -10,6 +10,7 @@
 #include <omp.h>
 #endif
 
+#include "cache.hpp"
 #include "dispatch.hpp"
 #include "fastcall.hpp"
 #include "parallel.hpp"
@@ -70,6 +71,8 @@ py::dict build_info()
     d["simd_supported"] = names(true);
     d["num_threads"] = get_num_threads();
     d["serial_threshold"] = serial_threshold().load();
+    d["stream_threshold"] = stream_threshold().load();
+    d["llc_bytes"] = last_level_cache_bytes();
     d["fork_child_serial"] = fork_guard().serial_only.load();
 #ifdef _OPENMP
     d["openmp"] = _OPENMP;
@@ -191,6 +194,7 @@ PYBIND11_MODULE(_core, m)
 {
     // See fork_guard in kernels/parallel.hpp: a fork child must not enter libgomp's dead pool.
     pthread_atfork(nullptr, nullptr, [] { on_fork_child(); });
+    stream_threshold();  // reads sysfs now rather than inside the first kernel call
 
     m.doc() = "memory_ops compiled core: copy-free xsimd + OpenMP kernels. Use the memory_ops package.";
 
@@ -217,5 +221,14 @@ PYBIND11_MODULE(_core, m)
           py::arg("n"),
           "Set the number of elements below which kernels run serially; returns the previous value. "
           "For benchmarks/threshold.py.");
+    m.def("_set_stream_threshold",
+          [](index_t bytes) {
+              if (bytes < 0) throw py::value_error("_set_stream_threshold: bytes must be >= 0");
+              return stream_threshold().exchange(bytes);
+          },
+          py::arg("bytes"),
+          "Set the operand bytes (inputs plus output) from which scale and add store their output with "
+          "streaming (non-temporal) stores; returns the previous value (default: the last-level cache "
+          "size). For tests and benchmarks.");
     m.def("_info", &build_info, "Build and run-time facts (see memory_ops.info()).");
 }

@@ -6,8 +6,6 @@
 // linker into the copy built for the widest target and then run on a CPU without it.
 #pragma once
 
-#include <unistd.h>
-
 #include <cmath>
 #include <cstring>
 #include <new>
@@ -16,6 +14,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cache.hpp"
 #include "ops.hpp"
 #include "parallel.hpp"
 
@@ -75,20 +74,11 @@ inline void two_sum(V& s, V x, V& c) noexcept
 
 // ---- element-wise maps ------------------------------------------------------------------------
 
-// Whether an output of this many bytes is stored with non-temporal (streaming) stores: only when it
-// is larger than the last-level cache, where keeping it cached would evict the inputs and every
-// ordinary store would first read its line (read-for-ownership). Below that, ordinary stores leave
-// the result in cache for whatever reads it next.
-inline bool stream_output(index_t bytes) noexcept
+// Whether an element-wise op whose operands (inputs and output together) span this many bytes stores
+// its output with non-temporal (streaming) stores: see stream_threshold() in cache.hpp.
+inline bool stream_output(index_t footprint_bytes) noexcept
 {
-    static const index_t threshold = [] {
-        long llc = 0;
-#ifdef _SC_LEVEL3_CACHE_SIZE
-        llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-        return static_cast<index_t>(llc > 0 ? llc : 32L << 20);
-    }();
-    return bytes >= threshold;
+    return footprint_bytes >= stream_threshold().load(std::memory_order_relaxed);
 }
 
 // Non-temporal store of one batch to a batch-aligned address.
@@ -364,7 +354,7 @@ void accumulate(sum_state<std::uint64_t>& st, const char* p, index_t n, index_t 
 template <class Arch, class T, class C>
 void scale_kernel::operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) const noexcept
 {
-    const bool stream = v.data[0] != v.data[1] && stream_output(elements(v) * index_t{sizeof(T)});
+    const bool stream = v.data[0] != v.data[1] && stream_output(2 * elements(v) * index_t{sizeof(T)});
     parallel_for(elements(v), element_grain, 1, [&](index_t begin, index_t end) {
         for_each_run(v, begin, end, [&](char* const* p, index_t n, const index_t* step) {
             scale_run<Arch, T, C>(p[0], p[1], n, step[0], step[1], factor, stream);
@@ -375,7 +365,7 @@ void scale_kernel::operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) 
 template <class Arch, class T>
 void add_kernel::operator()(Arch, type_tag<T>, const nd_view<3>& v) const noexcept
 {
-    const bool stream = v.data[0] != v.data[1] && v.data[0] != v.data[2] && stream_output(elements(v) * index_t{sizeof(T)});
+    const bool stream = v.data[0] != v.data[1] && v.data[0] != v.data[2] && stream_output(3 * elements(v) * index_t{sizeof(T)});
     parallel_for(elements(v), element_grain, 1, [&](index_t begin, index_t end) {
         for_each_run(v, begin, end, [&](char* const* p, index_t n, const index_t* step) {
             constexpr index_t size = sizeof(T);
@@ -436,7 +426,7 @@ double stream_kernel::operator()(Arch, stream_op op, double* dst, const double* 
     case stream_op::add: {
         // The same loop, alignment and streaming-store policy as the kernels: the best a plain
         // loop does on this machine (in place, dst == a, never streams).
-        const bool stream = dst != a && dst != b && stream_output(n * index_t{sizeof(double)});
+        const bool stream = dst != a && dst != b && stream_output((b ? 3 : 2) * n * index_t{sizeof(double)});
         const B f(s);
         parallel_for(n, element_grain, 1, [&](index_t begin, index_t end) {
             double* d = dst + begin;

@@ -51,7 +51,8 @@ def threads(n):
 
 
 def info():
-    """Versions, SIMD targets (in use, compiled, supported by this CPU) and OpenMP threads."""
+    """Versions, SIMD targets (in use, compiled, supported by this CPU), OpenMP threads, and the
+    serial and streaming-store thresholds (elements; operand bytes) with the cache size behind the latter."""
     import numpy
 
     facts = {"version": __version__, "numpy": numpy.__version__}

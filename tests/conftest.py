@@ -161,14 +161,16 @@ def nd_views(values):
 
 @pytest.fixture(autouse=True)
 def _restore_global_state():
-    """Every test leaves the SIMD cap and the thread count as it found them."""
+    """Every test leaves the SIMD cap, the thread count and the streaming threshold as it found them."""
     arch = memory_ops.simd_arch()
     threads = memory_ops.get_num_threads()
+    stream = memory_ops._core._info()["stream_threshold"]
     yield
-    leaked = (memory_ops.get_num_threads(), memory_ops.simd_arch())
+    leaked = (memory_ops.get_num_threads(), memory_ops.simd_arch(), memory_ops._core._set_stream_threshold(stream))
     memory_ops.set_num_threads(threads)  # restore first, so one leak cannot spread to other tests
     memory_ops._core._set_simd(arch)
-    assert leaked == (threads, arch), f"test leaked a change of (threads, simd): {leaked} != {(threads, arch)}"
+    assert leaked == (threads, arch, stream), (
+        f"test leaked a change of (threads, simd, stream threshold): {leaked} != {(threads, arch, stream)}")
 
 
 def subprocess_env(repo_root, **extra):

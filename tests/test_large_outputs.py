@@ -1,13 +1,19 @@
-"""Outputs larger than the last-level cache take the streaming-store path (non-temporal stores from
-the first vector-aligned element, scalar head and tail around them). Sizes here exceed 64 MiB, past
-the LLC of common machines; outputs start at every element offset within a 64-byte line so the
-aligned head is exercised."""
+"""The streaming-store path (non-temporal stores from the first vector-aligned element, scalar head
+and tail around them), taken when an op's operands span at least the streaming threshold (default:
+the last-level cache). Small arrays are forced onto it by lowering the threshold; the large ones here
+(64 MiB per operand) take it by default on common machines. Outputs start at every element offset
+within a 64-byte line so the aligned head is exercised."""
+
+import contextlib
+import os
+import re
 
 import numpy as np
 import pytest
 
 import memory_ops
 from conftest import assert_same_array
+from memory_ops import _core
 
 pytestmark = pytest.mark.usefixtures("simd")
 
@@ -34,3 +40,82 @@ def test_large_outputs_equal_numpy(dtype, threads):
             assert_same_array(out, a + b)
             # Nothing written outside the view.
             assert not backing[:offset].any() and not backing[offset + n:].any()
+
+
+@contextlib.contextmanager
+def stream_threshold(nbytes):
+    previous = _core._set_stream_threshold(nbytes)
+    try:
+        yield
+    finally:
+        _core._set_stream_threshold(previous)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int32, np.int64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_streamed_small_outputs_equal_numpy(dtype, threads):
+    """Every length around the SIMD widths and every start offset, streamed; and a parallel size."""
+    rng = np.random.default_rng(11)
+    with stream_threshold(0), memory_ops.threads(threads):
+        for n in [0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 1000, 70_001]:
+            a = (rng.random(n) * 1000).astype(dtype)
+            b = (rng.random(n) * 1000).astype(dtype)
+            factor = dtype(3)
+            assert_same_array(memory_ops.scale_copy(a, factor), a * factor)
+            assert_same_array(memory_ops.add_arrays(a, b), a + b)
+            for offset in range(8):
+                backing = np.zeros(n + 16, dtype)
+                out = backing[offset:offset + n]
+                assert memory_ops.scale_copy(a, factor, out=out) is out
+                assert_same_array(out, a * factor)
+                assert memory_ops.add_arrays(a, b, out=out) is out
+                assert_same_array(out, a + b)
+                assert not backing[:offset].any() and not backing[offset + n:].any()
+            # In place never streams (the output is an input), and stays exact.
+            c = a.copy()
+            memory_ops.add_arrays(c, b, out=c)
+            assert_same_array(c, a + b)
+            if np.dtype(dtype).kind == "f":
+                memory_ops.scale_inplace(c, 0.5)
+                assert_same_array(c, (a + b) * dtype(0.5))
+
+
+def _sysfs_last_level_cache():
+    """(level, bytes) of cpu0's last-level data/unified cache from sysfs, or None."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    best = None
+    if not os.path.isdir(root):
+        return None
+    for entry in sorted(os.listdir(root)):
+        if not re.fullmatch(r"index\d+", entry):
+            continue
+        with open(os.path.join(root, entry, "type")) as f:
+            if f.read().strip() not in ("Data", "Unified"):
+                continue
+        with open(os.path.join(root, entry, "level")) as f:
+            level = int(f.read())
+        with open(os.path.join(root, entry, "size")) as f:
+            m = re.fullmatch(r"(\d+)([KMG]?)", f.read().strip())
+        size = int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)]
+        if best is None or level > best[0]:
+            best = (level, size)
+    return best
+
+
+def test_stream_threshold_defaults_to_the_last_level_cache():
+    info = memory_ops.info()
+    assert info["stream_threshold"] == info["llc_bytes"] > 0
+    sysfs = _sysfs_last_level_cache()
+    if sysfs is None:
+        pytest.skip("no cache description in sysfs here")
+    assert info["llc_bytes"] == sysfs[1]
+
+
+def test_set_stream_threshold_returns_previous_and_rejects_negative():
+    default = memory_ops.info()["stream_threshold"]
+    assert _core._set_stream_threshold(123) == default
+    assert memory_ops.info()["stream_threshold"] == 123
+    assert _core._set_stream_threshold(default) == 123
+    with pytest.raises(ValueError, match="bytes must be >= 0"):
+        _core._set_stream_threshold(-1)
+    assert memory_ops.info()["stream_threshold"] == default
