@@ -8,12 +8,18 @@
 // Numerics. scale and add are one IEEE operation per element in the operand order NumPy uses
 // (in * factor, a + b), with no fused multiply-add and no flush-to-zero, so results equal NumPy's bit
 // for bit: NaN, +-inf, -0.0 and subnormals included. Integer scale and add wrap modulo 2^bits, as
-// NumPy does. The floating sum accumulates in float64 (float32 input is widened exactly) with
-// compensated (Knuth TwoSum) accumulation in sum_lanes independent lanes per block of sum_block
-// elements; blocks are combined in index order. The order of every floating operation therefore
-// depends only on the (simplified) layout of the input, never on the thread count or SIMD target,
-// and the result is bit-identical across both. Integer sums are exact modulo 2^64, like NumPy's
-// int64 accumulator.
+// NumPy does. The floating sum accumulates in float64 (float32 input is widened exactly) in sum_lanes
+// independent lanes per block of sum_block elements; blocks are combined in index order. float64
+// blocks are compensated with Knuth's TwoSum (6 additions per element plus one into the
+// compensation). float32 blocks use error-free extraction against an anchor (Rump, Ogita and Oishi):
+// a first pass sums |x| per lane, which fixes an anchor 1.5 * 2^q above every partial sum of the
+// block, and each element is then added with 3 additions plus one into the compensation, or, when
+// all the block's elements lie on the anchor's grid, with one exact addition. float32 blocks holding
+// NaN or infinities take TwoSum, so non-finite results are plain summation's. Every floating
+// operation, and every anchor, therefore depends only on the data and the (simplified) layout of the
+// input, never on the thread count or SIMD target, and the result is bit-identical across both
+// (ops_impl.hpp, sum_state, has the details). Integer sums are exact modulo
+// 2^64, like NumPy's int64 accumulator.
 //
 // Callers see only these declarations and the extern templates below; each target's definitions are
 // compiled once, in its own translation unit with its own flags (kernels/arch.cpp.in), and picked at

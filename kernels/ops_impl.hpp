@@ -72,6 +72,18 @@ inline void two_sum(V& s, V x, V& c) noexcept
     c = c + err;
 }
 
+// Error-free extraction (Rump, Ogita and Oishi): s + x = s' + err exactly like TwoSum, with 3
+// additions instead of 6, but only while s and s + x lie in one binade [2^q, 2^(q+1)]: then t - s is
+// exact (Sterbenz) and x - (t - s) is the exact rounding error of s + x. The anchored sum (see
+// sum_state) guarantees that. Scalars and batches alike.
+template <class V>
+inline void extract(V& s, V x, V& c) noexcept
+{
+    const V t = s + x;
+    c = c + (x - (t - s));
+    s = t;
+}
+
 // ---- element-wise maps ------------------------------------------------------------------------
 
 // Whether an element-wise op whose operands (inputs and output together) span this many bytes stores
@@ -210,6 +222,67 @@ void add_contiguous(T* out_t, const T* a_t, const T* b_t, index_t n, bool stream
 
 // The state of one block's sum_lanes accumulators. Element j of a run goes to lane j % sum_lanes,
 // whatever the SIMD width, so every target performs the same operations in the same order.
+//
+// A float32 block is summed against an anchor, chosen from a first pass over the block (float64
+// blocks take TwoSum; see floating_block):
+//
+// Pass 1 (magnitudes) sums |x| per lane, in the input type, and for float32 also finds the least
+// nonzero |x|. Both come out the same on every target: the sums in a fixed order, the minimum
+// exactly.
+//
+// The plan (make_plan). If every lane's sum m is finite and at most 2^1000, all lanes start at the
+// anchor a = 1.5 * 2^q, q the least with m (1 + 2^-10) < 2^(q-1) for every lane's m (and q >= -1000).
+// The factor covers the rounding of m (at most (n - 1) eps relative, n <= sum_block, eps = 2^-24 for
+// float32). Then no partial sum of a lane's elements, nor its drift by the rounding errors taken out
+// below (at most sum_block half-ulps of a), leaves [-2^(q-1), 2^(q-1)): s = a + partial stays within
+// the binade [2^q, 2^(q+1)] for the whole block, and pass 2 adds each element with
+//   extract(): t = s + x; c += x - (t - s); s = t. t - s is exact (Sterbenz) and x - (t - s) is the
+//     exact rounding error of s + x: 4 additions per element where two_sum() takes 7;
+//   exact (float32 only, when the least nonzero |x| is a multiple of ulp(a)): s = s + x. Every
+//     element and partial sum then lies on the grid of ulp(a) below 2^(q+1), so each addition is
+//     exact and c stays 0: the values extract() gives, with one addition per element.
+// A lane's value is (s - a) + c, s - a exact. Otherwise (NaN, infinities or sums near overflow in the
+// block) the block takes the TwoSum path with anchors 0, exactly as before anchors existed, so
+// non-finite results are those of TwoSum.
+//
+// One read of the block (floating_block). Pass 2 runs in the same loop as pass 1, on the plan of the
+// thread's previous block; if the plan that pass 1 finds differs (compatible()), pass 2 alone runs
+// again on it, from cache. The result is thus that of the block's own plan whatever the guess, the
+// same for any split of the blocks between threads, and the data is read from memory once: on
+// typical data the plan rarely changes between blocks. A thread's first block takes the passes one
+// after the other.
+//
+// Accuracy. Each element's rounding error is exact; only their sum c rounds. The errors lie on the
+// grid of ulp(a) <= 2^-50 max m rather than TwoSum's ulp(partial sum), so on heavily cancelling data
+// (partial sums far below sum |x|) c rounds more coarsely than TwoSum's compensation: a second-order
+// term, ~ (n eps)^2 sum |x| like TwoSum's bound but with a larger constant. An exact block has no
+// error; float32 blocks whose values span less than about 2^29 are exact. Measured against
+// math.fsum on float64 data: within an ulp up to condition numbers ~1e15, beyond ~1e16 10 to 100
+// times TwoSum's error, which is why float64 keeps TwoSum.
+enum class sum_path { two_sum, extract, exact };
+
+template <sum_path path, class V>
+inline void sum_step(V& s, V x, V& c) noexcept
+{
+    if constexpr (path == sum_path::exact) s = s + x;
+    else if constexpr (path == sum_path::extract) extract(s, x, c);
+    else two_sum(s, x, c);
+}
+
+// How a floating block's pass 2 runs: its path, and the anchor 1.5 * 2^q of every lane.
+struct sum_plan {
+    sum_path path = sum_path::two_sum;
+    int q = 0;
+};
+
+// Whether pass 2 run on `guess` gives the values of the block's own plan `truth`: the same anchors,
+// and extract() where the exact path is not certain (extract() gives the exact path's values).
+inline bool compatible(const sum_plan& guess, const sum_plan& truth) noexcept
+{
+    if (truth.path == sum_path::two_sum || guess.path == sum_path::two_sum) return guess.path == truth.path;
+    return guess.q == truth.q && (guess.path == sum_path::extract || truth.path == sum_path::exact);
+}
+
 template <class T>
 struct sum_state;
 
@@ -225,12 +298,63 @@ template <>
 struct sum_state<double> {
     double s[sum_lanes] = {};
     double c[sum_lanes] = {};
+    double anchor = 0.0;  // 0 on the TwoSum path
+
+    sum_state() = default;
+    explicit sum_state(const sum_plan& plan) noexcept
+    {
+        if (plan.path != sum_path::two_sum) {
+            const std::uint64_t bits = (static_cast<std::uint64_t>(plan.q + 1023) << 52) | (std::uint64_t{1} << 51);
+            std::memcpy(&anchor, &bits, sizeof bits);  // 1.5 * 2^q
+            for (double& s_j : s) s_j = anchor;
+        }
+    }
 };
 
 template <>
 struct sum_state<std::uint64_t> {
     std::uint64_t s[sum_lanes] = {};
 };
+
+// Pass 1's per-lane results for input type T. Element i of a run adds |x| to sum[(i / sum_lanes) %
+// 2][i % sum_lanes] (two accumulators per lane: two dependency chains); low (float32 only) keeps per
+// lane the least key(x) = (bits(x) - 1) & 0x7fffffff: one below the bits of the least nonzero |x|,
+// 0x7fffffff if there is none.
+template <class T>
+struct magnitudes {
+    T sum[2][sum_lanes] = {};
+    std::int32_t low[sum_lanes];
+    magnitudes() noexcept
+    {
+        for (auto& l : low) l = 0x7fffffff;
+    }
+};
+
+// The plan of a block from its pass 1 (see sum_state).
+template <class T>
+inline sum_plan make_plan(const magnitudes<T>& mag) noexcept
+{
+    double m = 0.0;
+    std::int32_t low = 0x7fffffff;
+    for (index_t j = 0; j < sum_lanes; ++j) {
+        const double m_j = static_cast<double>(mag.sum[0][j] + mag.sum[1][j]);
+        if (!(m_j <= 0x1p1000)) return {};  // NaN, an infinity, or near overflow: TwoSum
+        m = m_j > m ? m_j : m;
+        low = mag.low[j] < low ? mag.low[j] : low;
+    }
+    const double bound = m + m * 0x1p-10;
+    std::uint64_t bits;
+    std::memcpy(&bits, &bound, sizeof bits);
+    const int e = static_cast<int>(bits >> 52) - 1023;  // bound < 2^(e+1); 0 and subnormals: e = -1023
+    sum_plan plan{sum_path::extract, e + 2 > -1000 ? e + 2 : -1000};
+    if constexpr (std::is_same<T, float>::value) {
+        // float32: the least nonzero |x| has biased exponent E, so every nonzero |x| is a multiple of
+        // its ulp 2^(max(E, 1) - 150); exact when that is at least ulp(a) = 2^(q-52).
+        const int biased = low == 0x7fffffff ? 255 : (low + 1) >> 23;
+        if ((biased > 1 ? biased : 1) - 150 >= plan.q - 52) plan.path = sum_path::exact;
+    }
+    return plan;
+}
 
 inline void add_partial(float_partial& acc, double s, double c) noexcept
 {
@@ -242,7 +366,7 @@ inline void add_partial(float_partial& acc, double s, double c) noexcept
 inline float_partial finish(const sum_state<double>& st) noexcept
 {
     float_partial p;
-    for (index_t j = 0; j < sum_lanes; ++j) add_partial(p, st.s[j], st.c[j]);
+    for (index_t j = 0; j < sum_lanes; ++j) add_partial(p, st.s[j] - st.anchor, st.c[j]);
     return p;
 }
 
@@ -275,8 +399,10 @@ inline double result(const float_partial& p) noexcept
 inline std::uint64_t result(std::uint64_t p) noexcept { return p; }
 
 // One batch B loaded from B::size elements of type V, converted exactly (float -> double, int32 ->
-// int64). xsimd's own converting load goes through a stack buffer element by element; the vector
-// conversion compiles to one widening instruction (vcvtps2pd, vpmovsxdq) on every x86 target.
+// int64) into one register, on x86 with one widening instruction (vcvtps2pd, vpmovsxdq; sse2 has no
+// pmovsxdq: an unpack with the sign). GCC 12 compiles the generic vector conversion, kept for other
+// targets, into halves and a merge (avx2, avx512) or element by element (sse2); xsimd's own
+// converting load goes element by element through a stack buffer.
 template <class B, class V>
 inline B load_widened(const V* p) noexcept
 {
@@ -284,53 +410,240 @@ inline B load_widened(const V* p) noexcept
     if constexpr (std::is_same<T, V>::value) {
         return B::load_unaligned(p);
     } else {
-        constexpr std::size_t W = B::size;
-        typedef V narrow __attribute__((vector_size(W * sizeof(V))));
-        typedef T wide __attribute__((vector_size(W * sizeof(T))));
-        narrow v;
-        std::memcpy(&v, p, sizeof v);
-        const wide w = __builtin_convertvector(v, wide);
-        T lanes[W];
-        std::memcpy(lanes, &w, sizeof w);
-        return B::load_unaligned(lanes);
+        constexpr bool f32 = std::is_same<V, float>::value;  // else int32
+        constexpr std::size_t bytes = sizeof(typename B::register_type);
+#if defined(__AVX512F__)
+        if constexpr (bytes == 64) {
+            // (the maskz forms: GCC 12 warns of an uninitialized variable in _mm512_cvtps_pd)
+            if constexpr (f32) return B(_mm512_maskz_cvtps_pd(0xff, _mm256_loadu_ps(p)));
+            else return B(_mm512_maskz_cvtepi32_epi64(0xff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+        } else
+#endif
+#if defined(__AVX2__)
+        if constexpr (bytes == 32) {
+            if constexpr (f32) return B(_mm256_cvtps_pd(_mm_loadu_ps(p)));
+            else return B(_mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+        } else
+#endif
+#if defined(__SSE2__)
+        if constexpr (bytes == 16) {
+            const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+            if constexpr (f32) return B(_mm_cvtps_pd(_mm_castsi128_ps(v)));
+            else return B(_mm_unpacklo_epi32(v, _mm_srai_epi32(v, 31)));
+        } else
+#endif
+        {
+            constexpr std::size_t W = B::size;
+            typedef V narrow __attribute__((vector_size(W * sizeof(V))));
+            typedef T wide __attribute__((vector_size(W * sizeof(T))));
+            using reg = typename B::register_type;
+            static_assert(sizeof(reg) == sizeof(wide), "one batch is one register");
+            narrow v;
+            std::memcpy(&v, p, sizeof v);
+            return B((reg)__builtin_convertvector(v, wide));
+        }
     }
 }
 
-// Adds one run of n elements (byte step `step`) into st, element j into lane j % sum_lanes.
-template <class A, class T>
-void accumulate(sum_state<double>& st, const char* p, index_t n, index_t step) noexcept
+// Whether a run of element type T is read with batches: contiguous and aligned to the element.
+template <class T>
+inline bool batch_readable(const char* p, index_t step) noexcept
 {
-    index_t i = 0;
-    if (step == index_t{sizeof(T)} && reinterpret_cast<std::uintptr_t>(p) % alignof(T) == 0) {
-        using B = xsimd::batch<double, A>;
-        constexpr index_t W = B::size;
-        constexpr index_t NB = sum_lanes / W;
-        static_assert(sum_lanes % W == 0, "sum_lanes must be a multiple of the batch width");
-        const T* x = reinterpret_cast<const T*>(p);
-        B s[NB], c[NB];
+    return step == index_t{sizeof(T)} && reinterpret_cast<std::uintptr_t>(p) % alignof(T) == 0;
+}
+
+// Pass 1 of element i of a run, scalar.
+template <class T>
+inline void measure1(magnitudes<T>& mag, index_t i, const char* p) noexcept
+{
+    const T x = load1<T>(p);
+    if constexpr (std::is_same<T, float>::value) {
+        mag.sum[(i / sum_lanes) % 2][i % sum_lanes] += __builtin_fabsf(x);
+        const auto key = static_cast<std::int32_t>((load1<std::uint32_t>(p) - 1u) & 0x7fffffffu);
+        std::int32_t& low = mag.low[i % sum_lanes];
+        low = key < low ? key : low;
+    } else {
+        mag.sum[(i / sum_lanes) % 2][i % sum_lanes] += __builtin_fabs(x);
+    }
+}
+
+// Pass 1 in registers, for contiguous stretches: add<h>(x) takes x[0, sum_lanes) into the lanes'
+// accumulator set h. The float32 minimum is in plain vector types: xsimd has no bit cast common to
+// its versions 8 and 13, and GCC 12 warns (-Wmaybe-uninitialized) inside its avx512 integer min.
+template <class A, class T>
+struct magnitude_batches {
+    using B = xsimd::batch<T, A>;
+    static constexpr index_t W = B::size;
+    static constexpr index_t NB = sum_lanes / W;
+    static_assert(sum_lanes % W == 0, "sum_lanes must be a multiple of the batch width");
+    static constexpr bool f32 = std::is_same<T, float>::value;
+    typedef std::uint32_t U __attribute__((vector_size(W * sizeof(std::uint32_t))));
+    typedef std::int32_t I __attribute__((vector_size(W * sizeof(std::int32_t))));
+
+    B sum[2][NB];
+    I low[NB];
+
+    explicit magnitude_batches(const magnitudes<T>& m) noexcept
+    {
+        for (index_t k = 0; k < NB; ++k) {
+            sum[0][k] = B::load_unaligned(m.sum[0] + k * W);
+            sum[1][k] = B::load_unaligned(m.sum[1] + k * W);
+            if constexpr (f32) std::memcpy(&low[k], m.low + k * W, sizeof(I));
+        }
+    }
+    template <int h>
+    void add(const T* x) noexcept
+    {
+        for (index_t k = 0; k < NB; ++k) {
+            sum[h][k] = sum[h][k] + xsimd::abs(B::load_unaligned(x + k * W));
+            if constexpr (f32) {
+                U bits;
+                std::memcpy(&bits, x + k * W, sizeof bits);
+                const I key = (I)((bits - 1u) & 0x7fffffffu);
+                low[k] = key < low[k] ? key : low[k];
+            }
+        }
+    }
+    void store(magnitudes<T>& m) const noexcept
+    {
+        for (index_t k = 0; k < NB; ++k) {
+            sum[0][k].store_unaligned(m.sum[0] + k * W);
+            sum[1][k].store_unaligned(m.sum[1] + k * W);
+            if constexpr (f32) std::memcpy(m.low + k * W, &low[k], sizeof(I));
+        }
+    }
+};
+
+// Pass 2 in registers, for contiguous stretches of T widened to float64: add<h>(x) takes x[0,
+// sum_lanes) into the lanes. On the exact path the odd groups of sum_lanes go to a second
+// accumulator (h = 1), merged into s by store(): exact additions in any grouping give the same sums,
+// and two dependency chains run faster than one.
+template <sum_path path, class A, class T>
+struct sum_batches {
+    using B = xsimd::batch<double, A>;
+    static constexpr index_t W = B::size;
+    static constexpr index_t NB = sum_lanes / W;
+    static_assert(sum_lanes % W == 0, "sum_lanes must be a multiple of the batch width");
+
+    B s[NB], c[NB], s1[NB];
+
+    explicit sum_batches(const sum_state<double>& st) noexcept
+    {
         for (index_t k = 0; k < NB; ++k) {
             s[k] = B::load_unaligned(st.s + k * W);
             c[k] = B::load_unaligned(st.c + k * W);
+            s1[k] = B(0.0);
         }
-        for (; i + sum_lanes <= n; i += sum_lanes)
-            for (index_t k = 0; k < NB; ++k) two_sum(s[k], load_widened<B>(x + i + k * W), c[k]);
+    }
+    template <int h>
+    void add(const T* x) noexcept
+    {
         for (index_t k = 0; k < NB; ++k) {
+            if constexpr (path == sum_path::exact && h == 1) s1[k] = s1[k] + load_widened<B>(x + k * W);
+            else sum_step<path>(s[k], load_widened<B>(x + k * W), c[k]);
+        }
+    }
+    void store(sum_state<double>& st) noexcept
+    {
+        for (index_t k = 0; k < NB; ++k) {
+            if constexpr (path == sum_path::exact) s[k] = s[k] + s1[k];
             s[k].store_unaligned(st.s + k * W);
             c[k].store_unaligned(st.c + k * W);
         }
     }
+};
+
+// Passes over one run of n elements (byte step `step`), element i into lane i % sum_lanes: pass 1
+// into mag if `measure`, pass 2 along `path` into st if `sum`. Batches of 2 * sum_lanes elements,
+// then one of sum_lanes, then scalar elements: the same operations in the same order on every target.
+template <bool measure, bool sum, sum_path path, class A, class T>
+void floating_run(sum_state<double>& st, magnitudes<T>& mag, const char* p, index_t n, index_t step) noexcept
+{
+    index_t i = 0;
+    if (batch_readable<T>(p, step)) {
+        const T* x = reinterpret_cast<const T*>(p);
+        sum_batches<path, A, T> r2(st);
+        magnitude_batches<A, T> r1(mag);
+        for (; i + 2 * sum_lanes <= n; i += 2 * sum_lanes) {
+            if constexpr (sum) r2.template add<0>(x + i);
+            if constexpr (measure) r1.template add<0>(x + i);
+            if constexpr (sum) r2.template add<1>(x + i + sum_lanes);
+            if constexpr (measure) r1.template add<1>(x + i + sum_lanes);
+        }
+        if (i + sum_lanes <= n) {
+            if constexpr (sum) r2.template add<0>(x + i);
+            if constexpr (measure) r1.template add<0>(x + i);
+            i += sum_lanes;
+        }
+        if constexpr (sum) r2.store(st);
+        if constexpr (measure) r1.store(mag);
+    }
     for (; i < n; ++i) {
-        const index_t j = i % sum_lanes;
-        two_sum(st.s[j], static_cast<double>(load1<T>(p + i * step)), st.c[j]);
+        if constexpr (sum) sum_step<path>(st.s[i % sum_lanes], static_cast<double>(load1<T>(p + i * step)), st.c[i % sum_lanes]);
+        if constexpr (measure) measure1(mag, i, p + i * step);
     }
 }
 
+// floating_run over the runs of elements [begin, end) of v, pass 2 (if `sum`) along `path`.
+template <bool measure, bool sum, class A, class T>
+void floating_runs(const nd_view<1>& v, index_t begin, index_t end, sum_state<double>& st, magnitudes<T>& mag,
+                   sum_path path) noexcept
+{
+    auto over = [&](auto p) {
+        for_each_run(v, begin, end, [&](char* const* ptr, index_t count, const index_t* step) {
+            floating_run<measure, sum, decltype(p)::value, A, T>(st, mag, ptr[0], count, step[0]);
+        });
+    };
+    if constexpr (!sum) {
+        over(std::integral_constant<sum_path, sum_path::two_sum>{});  // (path unused)
+    } else {
+        switch (path) {
+        case sum_path::exact:
+            return over(std::integral_constant<sum_path, sum_path::exact>{});
+        case sum_path::extract:
+            return over(std::integral_constant<sum_path, sum_path::extract>{});
+        case sum_path::two_sum:
+            return over(std::integral_constant<sum_path, sum_path::two_sum>{});
+        }
+    }
+}
+
+// The partial of the floating block [begin, end) of v (see sum_state). `plan` is on entry the plan
+// of the thread's previous block, if `guessed`, and on return the block's own.
+//
+// Only float32 input is anchored. float64 blocks keep TwoSum, one pass: widening is free there, so
+// the sum is memory-bound already at 2^25 elements on two cores, and on heavily cancelling float64
+// data (condition numbers beyond ~1e16) extraction's coarser error grid measured 10 to 100 times
+// TwoSum's error.
 template <class A, class T>
-void accumulate(sum_state<std::uint64_t>& st, const char* p, index_t n, index_t step) noexcept
+float_partial floating_block(const nd_view<1>& v, index_t begin, index_t end, bool guessed, sum_plan& plan) noexcept
+{
+    sum_state<double> st;
+    magnitudes<T> mag;
+    if constexpr (std::is_same<T, double>::value) {
+        (void)guessed;
+        (void)plan;
+        floating_runs<false, true, A>(v, begin, end, st, mag, sum_path::two_sum);
+    } else {
+        const sum_plan guess = guessed ? plan : sum_plan{};
+        st = sum_state<double>(guess);
+        if (guessed) floating_runs<true, true, A>(v, begin, end, st, mag, guess.path);
+        else floating_runs<true, false, A>(v, begin, end, st, mag, guess.path);
+        plan = make_plan(mag);
+        if (!guessed || !compatible(guess, plan)) {
+            st = sum_state<double>(plan);
+            floating_runs<false, true, A>(v, begin, end, st, mag, plan.path);
+        }
+    }
+    return finish(st);
+}
+
+template <class A, class T>
+void integer_run(sum_state<std::uint64_t>& st, const char* p, index_t n, index_t step) noexcept
 {
     // Lanes hold int64 two's complement bits; SIMD integer adds wrap like the unsigned scalar ones.
     index_t i = 0;
-    if (step == index_t{sizeof(T)} && reinterpret_cast<std::uintptr_t>(p) % alignof(T) == 0) {
+    if (batch_readable<T>(p, step)) {
         using B = xsimd::batch<std::int64_t, A>;
         constexpr index_t W = B::size;
         constexpr index_t NB = sum_lanes / W;
@@ -345,6 +658,16 @@ void accumulate(sum_state<std::uint64_t>& st, const char* p, index_t n, index_t 
     }
     for (; i < n; ++i)
         st.s[i % sum_lanes] += static_cast<std::uint64_t>(static_cast<std::int64_t>(load1<T>(p + i * step)));
+}
+
+template <class A, class T>
+std::uint64_t integer_block(const nd_view<1>& v, index_t begin, index_t end) noexcept
+{
+    sum_state<std::uint64_t> st;
+    for_each_run(v, begin, end, [&](char* const* p, index_t count, const index_t* step) {
+        integer_run<A, T>(st, p[0], count, step[0]);
+    });
+    return finish(st);
 }
 
 }  // namespace
@@ -385,17 +708,18 @@ void add_kernel::operator()(Arch, type_tag<T>, const nd_view<3>& v) const noexce
 template <class Arch, class T>
 sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) const noexcept
 {
-    using R = sum_result_t<T>;
     using partial = std::conditional_t<std::is_floating_point<T>::value, float_partial, std::uint64_t>;
     const index_t n = elements(v);
     const index_t blocks = (n + sum_block - 1) / sum_block;
-    auto block = [&](index_t b) {
-        sum_state<R> st;
-        for_each_run(v, b * sum_block, std::min(n, (b + 1) * sum_block),
-                     [&](char* const* p, index_t count, const index_t* step) {
-                         accumulate<Arch, T>(st, p[0], count, step[0]);
-                     });
-        return finish(st);
+
+    // The partials of blocks [b0, b1), in order, to emit(b, partial).
+    auto run_blocks = [&](index_t b0, index_t b1, auto&& emit) {
+        [[maybe_unused]] sum_plan plan;  // of the previous floating block
+        for (index_t b = b0; b < b1; ++b) {
+            const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
+            if constexpr (std::is_floating_point<T>::value) emit(b, floating_block<Arch, T>(v, begin, end, b > b0, plan));
+            else emit(b, integer_block<Arch, T>(v, begin, end));
+        }
     };
 
     // Block partials are combined in index order whether they were computed by one thread or many,
@@ -403,11 +727,11 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
     partial total{};
     partial* partials = blocks > 1 ? new (std::nothrow) partial[static_cast<std::size_t>(blocks)] : nullptr;
     if (partials == nullptr) {
-        for (index_t b = 0; b < blocks; ++b) combine(total, block(b));
+        run_blocks(0, blocks, [&](index_t, const partial& p) { combine(total, p); });
         return result(total);
     }
     parallel_for(blocks, 1, sum_block, [&](index_t b0, index_t b1) {
-        for (index_t b = b0; b < b1; ++b) partials[b] = block(b);
+        run_blocks(b0, b1, [&](index_t b, const partial& p) { partials[b] = p; });
     });
     for (index_t b = 0; b < blocks; ++b) combine(total, partials[b]);
     delete[] partials;

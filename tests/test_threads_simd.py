@@ -1,5 +1,6 @@
 """Threads, SIMD targets, determinism, GIL release, and the importable environment switches."""
 
+import math
 import statistics
 import subprocess
 import sys
@@ -240,6 +241,42 @@ def test_safe_sum_bit_identical_across_threads_and_targets(determinism_data, res
     for n in (2, 3, 4):
         with memory_ops.threads(n):
             assert repr(memory_ops.safe_sum(strided)) == one
+
+
+def _plan_changing_arrays():
+    """Arrays whose blocks of 8192 elements need different anchors or paths in safe_sum: a block's
+    pass 2 first runs on the previous block's plan, which depends on how the blocks are split
+    between threads, and must be redone whenever the block's own plan differs."""
+    rng = np.random.default_rng(11)
+    blocks = 13
+    n = blocks * 8192 + 1000
+    x = rng.standard_normal(n)
+    alternating = np.repeat(np.where(np.arange(blocks + 1) % 2 == 0, 1.0, 1e10), 8192)[:n]
+    random_scale = np.repeat(10.0 ** rng.uniform(-5, 5, blocks + 1), 8192)[:n]
+    tiny = (x * 100).astype(np.float32)
+    tiny[rng.integers(0, n, 9)] = 1e-9  # float32 blocks with and without the exact path
+    nonfinite = x * 100
+    nonfinite[3 * 8192 + 5] = np.nan
+    nonfinite[7 * 8192:8 * 8192] = np.inf
+    finite = [x * alternating, (x * random_scale).astype(np.float32), x * random_scale, tiny, np.arange(float(n))]
+    return finite, [nonfinite, nonfinite.astype(np.float32)]
+
+
+def test_safe_sum_bit_identical_when_block_plans_change(restore_simd):
+    finite, nonfinite = _plan_changing_arrays()
+    for x in finite + nonfinite:
+        results = set()
+        for name in SIMD_TARGETS:
+            memory_ops._core._set_simd(name)
+            for n in (1, 2, 3, 4):
+                with memory_ops.threads(n):
+                    results.add(repr(memory_ops.safe_sum(x)))
+        assert len(results) == 1, (x.dtype, results)
+    for x in finite:
+        exact = math.fsum(x.astype(np.float64).tolist())
+        assert abs(memory_ops.safe_sum(x) - exact) <= math.ulp(exact)
+    for x in nonfinite:
+        assert np.isnan(memory_ops.safe_sum(x))
 
 
 def test_safe_sum_bit_identical_across_processes(repo_root, determinism_data):
