@@ -22,8 +22,8 @@ index_t last_level_cache_bytes() noexcept;
 // ordinary store would first read its line from memory (read-for-ownership): a third more traffic
 // for add, half more for scale. Smaller ops take ordinary stores, and their output stays in cache
 // for whatever reads it next. Defaults to last_level_cache_bytes(); tests and benchmarks change it
-// through _core._set_stream_threshold. Measured (README, "Streaming stores"): at 5M float32 elements
-// (60 MB of operands) add with out= runs 1.46x NumPy streamed, 1.07x with ordinary stores.
+// through _core._set_stream_threshold. Chosen from benchmarks/streaming.py (README, "Streaming
+// stores"): ordinary stores win below 0.75 LLC of operands, streaming from 1-1.25 LLC on.
 inline std::atomic<index_t>& stream_threshold() noexcept
 {
     static std::atomic<index_t> threshold{last_level_cache_bytes()};
