@@ -13,12 +13,12 @@ namespace {
 // The first line of a small sysfs file, without its newline ("" if unreadable).
 std::string read_line(const std::string& path)
 {
-    std::string line;
+    char buf[64] = "";
     if (std::FILE* f = std::fopen(path.c_str(), "r")) {
-        char buf[64];
-        if (std::fgets(buf, sizeof buf, f)) line = buf;
+        if (!std::fgets(buf, sizeof buf, f)) buf[0] = '\0';
         std::fclose(f);
     }
+    std::string line = buf;
     while (!line.empty() && (line.back() == '\n' || line.back() == ' ')) line.pop_back();
     return line;
 }
@@ -28,7 +28,7 @@ index_t parse_size(const std::string& s)
 {
     char* end = nullptr;
     const long long v = std::strtoll(s.c_str(), &end, 10);
-    if (end == s.c_str() || v <= 0) return 0;
+    if (end == s.c_str() || v <= 0 || v >= (1LL << 32)) return 0;  // (a 4 TiB cache is not a cache size)
     const std::string unit(end);
     if (unit.empty()) return static_cast<index_t>(v);
     if (unit == "K") return static_cast<index_t>(v) << 10;
@@ -61,6 +61,12 @@ index_t last_level_cache_bytes() noexcept
     llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
 #endif
     return llc > 0 ? static_cast<index_t>(llc) : index_t{32} << 20;
+}
+
+std::atomic<index_t>& stream_threshold() noexcept
+{
+    static std::atomic<index_t> threshold{last_level_cache_bytes()};
+    return threshold;
 }
 
 }  // namespace memory_ops

@@ -24,10 +24,9 @@ index_t last_level_cache_bytes() noexcept;
 // for whatever reads it next. Defaults to last_level_cache_bytes(); tests and benchmarks change it
 // through _core._set_stream_threshold. Chosen from benchmarks/streaming.py (README, "Streaming
 // stores"): ordinary stores win below 0.75 LLC of operands, streaming from 1-1.25 LLC on.
-inline std::atomic<index_t>& stream_threshold() noexcept
-{
-    static std::atomic<index_t> threshold{last_level_cache_bytes()};
-    return threshold;
-}
+// Defined in kernels/cache.cpp (baseline flags), not inline: its static's guarded initialisation
+// would otherwise be emitted in every per-target translation unit, and the linker could keep the
+// copy compiled for the widest target.
+std::atomic<index_t>& stream_threshold() noexcept;
 
 }  // namespace memory_ops

@@ -15,7 +15,8 @@
 // a first pass sums |x| per lane, which fixes an anchor 1.5 * 2^q above every partial sum of the
 // block, and each element is then added with 3 additions plus one into the compensation, or, when
 // all the block's elements lie on the anchor's grid, with one exact addition. float32 blocks holding
-// NaN or infinities take TwoSum, so non-finite results are plain summation's. Every floating
+// NaN, infinities or values whose float32 sum of |x| overflows take TwoSum, so non-finite results
+// are plain summation's. Every floating
 // operation, and every anchor, therefore depends only on the data and the (simplified) layout of the
 // input, never on the thread count or SIMD target, and the result is bit-identical across both
 // (ops_impl.hpp, sum_state, has the details). Integer sums are exact modulo

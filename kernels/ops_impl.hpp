@@ -256,7 +256,8 @@ void add_contiguous(T* out_t, const T* a_t, const T* b_t, index_t n, bool stream
 // grid of ulp(a) <= 2^-50 max m rather than TwoSum's ulp(partial sum), so on heavily cancelling data
 // (partial sums far below sum |x|) c rounds more coarsely than TwoSum's compensation: a second-order
 // term, ~ (n eps)^2 sum |x| like TwoSum's bound but with a larger constant. An exact block has no
-// error; float32 blocks whose values span less than about 2^29 are exact. Measured against
+// error: a block takes the exact path when its least nonzero |x| is at least about 2^-27 of its
+// largest lane sum of |x| (a span of about 2^18 for values of similar size). Measured against
 // math.fsum on float64 data: within an ulp up to condition numbers ~1e15, beyond ~1e16 10 to 100
 // times TwoSum's error, which is why float64 keeps TwoSum.
 enum class sum_path { two_sum, extract, exact };
@@ -688,7 +689,9 @@ void scale_kernel::operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) 
 template <class Arch, class T>
 void add_kernel::operator()(Arch, type_tag<T>, const nd_view<3>& v) const noexcept
 {
-    const bool stream = v.data[0] != v.data[1] && v.data[0] != v.data[2] && stream_output(3 * elements(v) * index_t{sizeof(T)});
+    // (a + a reads one array: two operands of footprint, not three)
+    const index_t operands = v.data[1] == v.data[2] ? 2 : 3;
+    const bool stream = v.data[0] != v.data[1] && v.data[0] != v.data[2] && stream_output(operands * elements(v) * index_t{sizeof(T)});
     parallel_for(elements(v), element_grain, 1, [&](index_t begin, index_t end) {
         for_each_run(v, begin, end, [&](char* const* p, index_t n, const index_t* step) {
             constexpr index_t size = sizeof(T);

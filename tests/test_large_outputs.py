@@ -63,7 +63,7 @@ def test_streamed_small_outputs_equal_numpy(dtype, threads):
             factor = dtype(3)
             assert_same_array(memory_ops.scale_copy(a, factor), a * factor)
             assert_same_array(memory_ops.add_arrays(a, b), a + b)
-            for offset in range(8):
+            for offset in range(64 // np.dtype(dtype).itemsize):  # every element offset in a line
                 backing = np.zeros(n + 16, dtype)
                 out = backing[offset:offset + n]
                 assert memory_ops.scale_copy(a, factor, out=out) is out

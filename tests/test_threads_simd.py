@@ -244,22 +244,25 @@ def test_safe_sum_bit_identical_across_threads_and_targets(determinism_data, res
 
 
 def _plan_changing_arrays():
-    """Arrays whose blocks of 8192 elements need different anchors or paths in safe_sum: a block's
-    pass 2 first runs on the previous block's plan, which depends on how the blocks are split
-    between threads, and must be redone whenever the block's own plan differs."""
+    """float32 arrays whose blocks of 8192 elements need different anchors or paths in safe_sum: a
+    block's pass 2 first runs on the previous block's plan, which depends on how the blocks are split
+    between threads, and must be redone whenever the block's own plan differs. (float64 always takes
+    TwoSum.)"""
     rng = np.random.default_rng(11)
     blocks = 13
     n = blocks * 8192 + 1000
     x = rng.standard_normal(n)
     alternating = np.repeat(np.where(np.arange(blocks + 1) % 2 == 0, 1.0, 1e10), 8192)[:n]
     random_scale = np.repeat(10.0 ** rng.uniform(-5, 5, blocks + 1), 8192)[:n]
-    tiny = (x * 100).astype(np.float32)
-    tiny[rng.integers(0, n, 9)] = 1e-9  # float32 blocks with and without the exact path
+    tiny = x * 100
+    tiny[rng.integers(0, n, 9)] = 1e-9  # blocks with and without the exact path
+    overflowing = x * 100
+    overflowing[5 * 8192:5 * 8192 + 64] = 3e38 * np.sign(x[:64])  # float32 sum of |x| overflows: TwoSum
     nonfinite = x * 100
     nonfinite[3 * 8192 + 5] = np.nan
     nonfinite[7 * 8192:8 * 8192] = np.inf
-    finite = [x * alternating, (x * random_scale).astype(np.float32), x * random_scale, tiny, np.arange(float(n))]
-    return finite, [nonfinite, nonfinite.astype(np.float32)]
+    finite = [x * alternating, x * random_scale, tiny, overflowing, np.arange(float(n)), x[::-1] * random_scale]
+    return [a.astype(np.float32) for a in finite], [nonfinite.astype(np.float32)]
 
 
 def test_safe_sum_bit_identical_when_block_plans_change(restore_simd):
@@ -277,6 +280,29 @@ def test_safe_sum_bit_identical_when_block_plans_change(restore_simd):
         assert abs(memory_ops.safe_sum(x) - exact) <= math.ulp(exact)
     for x in nonfinite:
         assert np.isnan(memory_ops.safe_sum(x))
+
+
+def test_safe_sum_scalar_path_equals_batch_path(restore_simd):
+    """Strided and unaligned float32 runs go through the scalar loops; the same elements in a
+    contiguous aligned copy go through the batches. Lanes and blocks are the same, so are the bits."""
+    finite, nonfinite = _plan_changing_arrays()
+    # Values from 2^-75 to 2^75 that cancel in pairs: the compensation rounds, so a different order of
+    # operations (an element in another lane) changes the bits.
+    rng = np.random.default_rng(12)
+    w = (rng.uniform(1, 2, 40_000) * np.exp2(rng.integers(-75, 76, 40_000))).astype(np.float32)
+    cancelling = np.concatenate([w, -w, rng.standard_normal(20).astype(np.float32)])
+    rng.shuffle(cancelling)
+    for x in finite + nonfinite + [cancelling]:
+        strided = x[::2]
+        unaligned = np.zeros(4 * x.size + 1, np.uint8)[1:].view(np.float32)
+        unaligned[:] = x
+        assert unaligned.ctypes.data % 4 != 0
+        for name in SIMD_TARGETS:
+            memory_ops._core._set_simd(name)
+            for n in (1, 2):
+                with memory_ops.threads(n):
+                    assert repr(memory_ops.safe_sum(strided)) == repr(memory_ops.safe_sum(np.ascontiguousarray(strided)))
+                    assert repr(memory_ops.safe_sum(unaligned)) == repr(memory_ops.safe_sum(x))
 
 
 def test_safe_sum_bit_identical_across_processes(repo_root, determinism_data):
