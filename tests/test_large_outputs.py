@@ -27,19 +27,24 @@ def test_large_outputs_equal_numpy(dtype, threads):
     rng = np.random.default_rng(7)
     a = (rng.random(n) * 1000).astype(dtype)
     b = (rng.random(n) * 1000).astype(dtype)
-    factor = dtype(3)
     with memory_ops.threads(threads):
-        assert_same_array(memory_ops.scale_copy(a, factor), a * factor)
-        assert_same_array(memory_ops.add_arrays(a, b), a + b)
-        for offset in (0, 1, 3):  # output start: aligned, then off by 1 and 3 elements
-            backing = np.zeros(n + 16, dtype)
-            out = backing[offset:offset + n]
-            assert memory_ops.scale_copy(a, factor, out=out) is out
-            assert_same_array(out, a * factor)
-            assert memory_ops.add_arrays(a, b, out=out) is out
-            assert_same_array(out, a + b)
-            # Nothing written outside the view.
-            assert not backing[:offset].any() and not backing[offset + n:].any()
+        check_scale_and_add(a, b, dtype(3), offsets=(0, 1, 3))  # aligned, then off by 1 and 3 elements
+
+
+def check_scale_and_add(a, b, factor, offsets):
+    """scale_copy and add_arrays equal NumPy into fresh outputs and into out= views starting at each
+    element offset (< 16) of a zeroed buffer, writing nothing outside the view."""
+    n, dtype = a.size, a.dtype
+    assert_same_array(memory_ops.scale_copy(a, factor), a * factor)
+    assert_same_array(memory_ops.add_arrays(a, b), a + b)
+    for offset in offsets:
+        backing = np.zeros(n + 16, dtype)
+        out = backing[offset:offset + n]
+        assert memory_ops.scale_copy(a, factor, out=out) is out
+        assert_same_array(out, a * factor)
+        assert memory_ops.add_arrays(a, b, out=out) is out
+        assert_same_array(out, a + b)
+        assert not backing[:offset].any() and not backing[offset + n:].any()
 
 
 @contextlib.contextmanager
@@ -60,17 +65,8 @@ def test_streamed_small_outputs_equal_numpy(dtype, threads):
         for n in [0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 1000, 70_001]:
             a = (rng.random(n) * 1000).astype(dtype)
             b = (rng.random(n) * 1000).astype(dtype)
-            factor = dtype(3)
-            assert_same_array(memory_ops.scale_copy(a, factor), a * factor)
-            assert_same_array(memory_ops.add_arrays(a, b), a + b)
-            for offset in range(64 // np.dtype(dtype).itemsize):  # every element offset in a line
-                backing = np.zeros(n + 16, dtype)
-                out = backing[offset:offset + n]
-                assert memory_ops.scale_copy(a, factor, out=out) is out
-                assert_same_array(out, a * factor)
-                assert memory_ops.add_arrays(a, b, out=out) is out
-                assert_same_array(out, a + b)
-                assert not backing[:offset].any() and not backing[offset + n:].any()
+            # every element offset in a 64-byte line
+            check_scale_and_add(a, b, dtype(3), offsets=range(64 // np.dtype(dtype).itemsize))
             # In place never streams (the output is an input), and stays exact.
             c = a.copy()
             memory_ops.add_arrays(c, b, out=c)
