@@ -319,8 +319,9 @@ struct sum_state<std::uint64_t> {
 
 // Pass 1's per-lane results for input type T. Element i of a run adds |x| to sum[(i / sum_lanes) %
 // 2][i % sum_lanes] (two accumulators per lane: two dependency chains); low (float32 only) keeps per
-// lane the least key(x) = (bits(x) - 1) & 0x7fffffff: one below the bits of the least nonzero |x|,
-// 0x7fffffff if there is none.
+// lane the least key(x) = bits(|x|) + 0x7fffffff (mod 2^32) read as int32: ordered like |x| from
+// INT32_MIN up, but for |x| = 0, whose key is the largest, 0x7fffffff (the value when there is no
+// nonzero |x|). One addition and a signed minimum, which every x86 target has (sse2 has no unsigned one).
 template <class T>
 struct magnitudes {
     T sum[2][sum_lanes] = {};
@@ -351,7 +352,7 @@ inline sum_plan make_plan(const magnitudes<T>& mag) noexcept
     if constexpr (std::is_same<T, float>::value) {
         // float32: the least nonzero |x| has biased exponent E, so every nonzero |x| is a multiple of
         // its ulp 2^(max(E, 1) - 150); exact when that is at least ulp(a) = 2^(q-52).
-        const int biased = low == 0x7fffffff ? 255 : (low + 1) >> 23;
+        const int biased = low == 0x7fffffff ? 255 : static_cast<int>((static_cast<std::uint32_t>(low) - 0x7fffffffu) >> 23);
         if ((biased > 1 ? biased : 1) - 150 >= plan.q - 52) plan.path = sum_path::exact;
     }
     return plan;
@@ -460,7 +461,7 @@ inline void measure1(magnitudes<T>& mag, index_t i, const char* p) noexcept
     const T x = load1<T>(p);
     if constexpr (std::is_same<T, float>::value) {
         mag.sum[(i / sum_lanes) % 2][i % sum_lanes] += __builtin_fabsf(x);
-        const auto key = static_cast<std::int32_t>((load1<std::uint32_t>(p) - 1u) & 0x7fffffffu);
+        const auto key = static_cast<std::int32_t>((load1<std::uint32_t>(p) & 0x7fffffffu) + 0x7fffffffu);
         std::int32_t& low = mag.low[i % sum_lanes];
         low = key < low ? key : low;
     } else {
@@ -496,11 +497,12 @@ struct magnitude_batches {
     void add(const T* x) noexcept
     {
         for (index_t k = 0; k < NB; ++k) {
-            sum[h][k] = sum[h][k] + xsimd::abs(B::load_unaligned(x + k * W));
+            const B mag = xsimd::abs(B::load_unaligned(x + k * W));
+            sum[h][k] = sum[h][k] + mag;
             if constexpr (f32) {
                 U bits;
-                std::memcpy(&bits, x + k * W, sizeof bits);
-                const I key = (I)((bits - 1u) & 0x7fffffffu);
+                std::memcpy(&bits, &mag, sizeof bits);
+                const I key = (I)(bits + 0x7fffffffu);
                 low[k] = key < low[k] ? key : low[k];
             }
         }
