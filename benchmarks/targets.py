@@ -4,15 +4,20 @@
     PYTHONPATH=. python3 benchmarks/targets.py --quick    # fewer repeats, smaller DRAM size
 
 Every ratio compares medians of interleaved repeats: in each repeat every contender of a comparison
-is timed once, in rotating order, so a change in machine load hits all contenders alike. Ratios are
+is timed once, in rotating order, so a change in machine load hits all contenders alike (a sample is
+as many calls in a row as last 5 ms for the fastest contender, the same count for each). Ratios are
 speed-ups (their time / our time) or fractions of a bandwidth limit measured in the same run by the
 STREAM-style loops inside the extension (memory_ops._core._stream; bytes counted as STREAM counts
 them: scale 16 B, add 24 B, sum 8 B per float64 element, half that for float32 data). Where a limit
 is measured next to NumPy, the line also prints the ceiling, limit / NumPy: the largest speed-up any
-loop reaching the limit could show, so a target above it is out of reach on the machine.
+loop reaching the limit could show, so a target above it is out of reach on the machine. Two more
+ceilings are printed the same way: for safe_sum against the read limit, the same sum over
+L2-resident data (its arithmetic alone, no memory to wait for); for 2 threads against 1, the
+scaling of the op's STREAM loop itself.
 """
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -28,11 +33,23 @@ except ImportError:  # numexpr is optional; its comparisons are then reported as
     numexpr = None
 
 
-def interleaved(contenders, repeat, calls):
-    """Median seconds per call of each contender (name -> zero-argument callable)."""
+def interleaved(contenders, repeat, calls=None, min_sample_s=0.005):
+    """Median seconds per call of each contender (name -> zero-argument callable).
+
+    Each sample times `calls` calls in a row; by default as many as make the fastest contender's
+    sample last min_sample_s (one call of a few ms is at the mercy of a single scheduler tick),
+    the same count for every contender.
+    """
     names = list(contenders)
     for fn in contenders.values():  # warm: code paths, page tables, thread pools
         fn()
+    if calls is None:
+        fastest = float("inf")
+        for fn in contenders.values():
+            t0 = time.perf_counter()
+            fn()
+            fastest = min(fastest, time.perf_counter() - t0)
+        calls = max(1, math.ceil(min_sample_s / max(fastest, 1e-9)))
     samples = {name: [] for name in names}
     for r in range(repeat):
         order = names[r % len(names):] + names[: r % len(names)]
@@ -78,21 +95,21 @@ def dram_targets(rep, n, dtype, repeat):
         t = interleaved({
             "ours": lambda: memory_ops.scale_inplace(a, 1.0),
             "limit": lambda: _core._stream("scale", a64, a64, None, 1.0),
-        }, repeat, 1)
+        }, repeat)
         rep.check(f"scale_inplace vs in-place limit [{tag}]", t["limit"] / t["ours"], 0.9,
                   f"({2 * nb / t['ours'] / 1e9:.1f} GB/s)")
     with memory_ops.threads(1):
         t = interleaved({
             "ours": lambda: memory_ops.scale_inplace(a, 1.0),
             "numpy": lambda: np.multiply(a, 1.0, out=a),
-        }, repeat, 1)
+        }, repeat)
         rep.check(f"scale_inplace vs np.multiply(out=a), 1 thread [{tag}]", t["numpy"] / t["ours"], 1.0)
 
     t = interleaved({
         "ours": lambda: memory_ops.scale_copy(a, 2.0, out=out),
         "numpy": lambda: np.multiply(a, 2.0, out=out),
         "limit": lambda: _core._stream("scale", o64, a64, None, 2.0),
-    }, repeat, 1)
+    }, repeat)
     rep.check(f"scale_copy(out=) vs np.multiply(out=) [{tag}]", t["numpy"] / t["ours"], 1.2,
               f"({2 * nb / t['ours'] / 1e9:.1f} GB/s, {t['limit'] / t['ours']:.0%} of limit; "
               f"ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})")
@@ -100,28 +117,48 @@ def dram_targets(rep, n, dtype, repeat):
         "ours": lambda: memory_ops.add_arrays(a, b, out=out),
         "numpy": lambda: np.add(a, b, out=out),
         "limit": lambda: _core._stream("add", o64, a64, b64),
-    }, repeat, 1)
+    }, repeat)
     rep.check(f"add_arrays(out=) vs np.add(out=) [{tag}]", t["numpy"] / t["ours"], 1.2,
               f"({3 * nb / t['ours'] / 1e9:.1f} GB/s, {t['limit'] / t['ours']:.0%} of limit; "
               f"ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})")
-    del out, o64
+    del out
 
-    t = interleaved({"ours": lambda: memory_ops.scale_copy(a, 2.0), "numpy": lambda: a * 2.0}, repeat, 1)
-    rep.check(f"scale_copy fresh vs a * f [{tag}]", t["numpy"] / t["ours"], 1.4)
-    t = interleaved({"ours": lambda: memory_ops.add_arrays(a, b), "numpy": lambda: a + b}, repeat, 1)
-    rep.check(f"add_arrays fresh vs a + b [{tag}]", t["numpy"] / t["ours"], 1.3)
+    # A fresh output must still be read from and written like one given with out=, so the STREAM
+    # loop into an existing array bounds these too (loosely: it takes no page faults).
+    t = interleaved({
+        "ours": lambda: memory_ops.scale_copy(a, 2.0),
+        "numpy": lambda: a * 2.0,
+        "limit": lambda: _core._stream("scale", o64, a64, None, 2.0),
+    }, repeat)
+    rep.check(f"scale_copy fresh vs a * f [{tag}]", t["numpy"] / t["ours"], 1.4,
+              f"(ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})")
+    t = interleaved({
+        "ours": lambda: memory_ops.add_arrays(a, b),
+        "numpy": lambda: a + b,
+        "limit": lambda: _core._stream("add", o64, a64, b64),
+    }, repeat)
+    rep.check(f"add_arrays fresh vs a + b [{tag}]", t["numpy"] / t["ours"], 1.3,
+              f"(ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})")
+    del o64
 
+    # "cached" sums the same number of elements as one call, from a slice that stays in the cores'
+    # L2 caches (2^16 elements a thread): the sum's own arithmetic speed, with no memory to wait for.
+    cached = a[:1 << 17]
     t = interleaved({
         "ours": lambda: memory_ops.safe_sum(a),
         "numpy": lambda: a.sum(),
         "limit": lambda: _core._stream("sum", None, a64, None),
-    }, repeat, 1)
+        "cached": lambda: [memory_ops.safe_sum(cached) for _ in range(n // cached.size)],
+    }, repeat)
+    t["cached"] *= n / (n // cached.size * cached.size)
     # The ceiling is what the plain read-limit loop itself achieves against a.sum(): no sum, however
     # cheap, can beat NumPy by more here.
     rep.check(f"safe_sum vs a.sum() [{tag}]", t["numpy"] / t["ours"], 1.5,
               f"({nb / t['ours'] / 1e9:.1f} GB/s; a.sum() {nb / t['numpy'] / 1e9:.1f} GB/s, "
               f"read limit {nb / t['limit'] / 1e9:.1f} GB/s: ceiling limit/a.sum() {t['numpy'] / t['limit']:.2f})")
-    rep.check(f"safe_sum vs read limit [{tag}]", t["limit"] / t["ours"], 0.9)
+    # Its ceiling is the sum's arithmetic: the same sum on L2-resident data, against the limit.
+    rep.check(f"safe_sum vs read limit [{tag}]", t["limit"] / t["ours"], 0.9,
+              f"(ceiling: safe_sum from L2 {nb / t['cached'] / 1e9:.1f} GB/s = {t['limit'] / t['cached']:.2f} of the limit)")
 
 
 def tiny_targets(rep, repeat):
@@ -175,14 +212,26 @@ def scaling_targets(rep, repeat):
         "add_arrays(out=)": lambda: memory_ops.add_arrays(a, a, out=out),
         "safe_sum": lambda: memory_ops.safe_sum(a),
     }
+    # Each op's STREAM-style loop of the same shape, timed alongside: its own 2-vs-1 ratio is the
+    # scaling the cache itself gives (the ceiling printed).
+    limits = {
+        "scale_inplace": lambda: _core._stream("scale", a, a, None, 1.0),
+        "scale_copy(out=)": lambda: _core._stream("scale", out, a, None, 2.0),
+        "add_arrays(out=)": lambda: _core._stream("add", out, a, a),
+        "safe_sum": lambda: _core._stream("sum", None, a, None),
+    }
+
+    def with_threads(k, fn):
+        def run():
+            with memory_ops.threads(k):
+                fn()
+        return run
+
     for op, fn in ops.items():
-        def with_threads(k):
-            def run():
-                with memory_ops.threads(k):
-                    fn()
-            return run
-        t = interleaved({"1": with_threads(1), "2": with_threads(2)}, repeat, 20)
-        rep.check(f"{op}: 2 threads vs 1 [float64, n={n:,}, L3-resident]", t["1"] / t["2"], 1.7)
+        t = interleaved({"1": with_threads(1, fn), "2": with_threads(2, fn),
+                         "limit 1": with_threads(1, limits[op]), "limit 2": with_threads(2, limits[op])}, repeat, 20)
+        rep.check(f"{op}: 2 threads vs 1 [float64, n={n:,}, L3-resident]", t["1"] / t["2"], 1.7,
+                  f"(ceiling: the STREAM loop's 2 vs 1 {t['limit 1'] / t['limit 2']:.2f})")
 
 
 def main():
