@@ -5,6 +5,8 @@
 #include <cstring>
 #include <sstream>
 
+#include "alloc.hpp"
+
 namespace memory_ops::bind {
 
 py::dtype dtype_of(native t)
@@ -218,7 +220,7 @@ bool may_self_overlap(const py::array& a)
 py::array empty_like_shape(const py::array& a, native t)
 {
     std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
-    return py::array(dtype_of(t), shape);
+    return new_array(dtype_of(t), shape);
 }
 
 }  // namespace memory_ops::bind
