@@ -10,6 +10,7 @@
 #include <omp.h>
 #endif
 
+#include "alloc.hpp"
 #include "cache.hpp"
 #include "dispatch.hpp"
 #include "fastcall.hpp"
@@ -213,6 +214,14 @@ PYBIND11_MODULE(_core, m)
           "STREAM-style bandwidth reference on contiguous float64 arrays, for memory_ops.bench: op is "
           "copy (dst=a), scale (dst=scalar*a), add (dst=a+b), sum (returns sum(a)) or touch (one write per "
           "4 KiB page of dst). Uses get_num_threads() threads, without the GIL.");
+    m.def("_new_float64",
+          [](py::ssize_t n) {
+              if (n < 0) throw py::value_error("_new_float64: n must be >= 0");
+              return bind::new_array(py::dtype::of<double>(), {n});
+          },
+          py::arg("n"),
+          "A new, uninitialised float64 array of n elements, from the allocator the ops take fresh "
+          "outputs from (huge-page mappings from 32 MiB). For benchmarks/targets.py.");
     m.def("_set_serial_threshold",
           [](index_t n) {
               if (n < 0) throw py::value_error("_set_serial_threshold: n must be >= 0");
