@@ -134,3 +134,15 @@ def test_threads_allocating_and_freeing_big_outputs(numpy_advises_huge_pages):
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_new_float64_comes_from_the_same_allocator(numpy_advises_huge_pages):
+    """_core._new_float64, the benchmarks' fresh array, is allocated as the ops' fresh outputs are."""
+    from memory_ops import _core
+
+    big, small = _core._new_float64(BIG // 8), _core._new_float64(BIG // 8 - 1)
+    assert big.dtype == np.float64 and big.shape == (BIG // 8,) and small.shape == (BIG // 8 - 1,)
+    assert get_handler_name(big) == OURS and big.ctypes.data % HUGE_PAGE == 0
+    assert get_handler_name(small) == get_handler_name(np.empty(1))
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        _core._new_float64(-1)
