@@ -16,10 +16,13 @@
 // mapping beats. And only where NumPy itself advises huge pages (Linux, while
 // numpy._core.multiarray._get_madvise_hugepage() is true).
 //
-// The arrays are ordinary NumPy arrays (OWNDATA, no base, resizable); numpy.lib's
-// get_handler_name() names their handler "memory_ops_hugepage".
+// Only in place of NumPy's default handler (a handler the user set is left alone). The arrays are
+// ordinary NumPy arrays (OWNDATA, no base, resizable); numpy._core.multiarray.get_handler_name()
+// names their handler "memory_ops_hugepage". Handler calls come with the GIL held (NumPy allocates
+// and frees array data under it); the table's mutex is for free-threaded builds.
 #include "alloc.hpp"
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -93,10 +96,13 @@ void* map_huge(std::size_t size) noexcept
     if (start + reserve > base + mapped) munmap(reinterpret_cast<void*>(base + mapped), start + reserve - (base + mapped));
     void* data = reinterpret_cast<void*>(base);
     madvise(data, mapped, MADV_HUGEPAGE);  // advice: where it fails, pages are small, nothing else
+    bool listed = false;
     try {
         std::lock_guard<std::mutex> lock(table_mutex());
-        table().emplace(data, mapping{mapped, size});
+        listed = table().emplace(data, mapping{mapped, size}).second;
     } catch (...) {
+    }
+    if (!listed) {  // out of memory for the table (a duplicate address cannot happen: it is mapped)
         munmap(data, mapped);
         return nullptr;
     }
@@ -129,50 +135,42 @@ void huge_free(void*, void* ptr, std::size_t)
     if (m.mapped != 0) munmap(ptr, m.mapped);
 }
 
+// (A new mapping and a copy: in-place resizes of big outputs are rare; glibc would mremap.)
 void* huge_realloc(void*, void* ptr, std::size_t new_size)
 {
     if (ptr == nullptr) return map_huge(new_size);
+    mapping old;
+    {
+        std::lock_guard<std::mutex> lock(table_mutex());
+        auto it = table().find(ptr);
+        if (it == table().end()) return nullptr;  // not ours: fail (MemoryError), touching nothing
+        old = it->second;
+    }
     void* fresh = map_huge(new_size);
     if (fresh == nullptr) return nullptr;  // the old block stays valid, as realloc leaves it
-    const mapping old = unlist(ptr);
     std::memcpy(fresh, ptr, old.size < new_size ? old.size : new_size);
-    if (old.mapped != 0) munmap(ptr, old.mapped);
+    unlist(ptr);
+    munmap(ptr, old.mapped);
     return fresh;
 }
 
+static_assert(offsetof(data_handler, allocator) == 128 && sizeof(data_handler) == 128 + 5 * sizeof(void*),
+              "data_handler must match NumPy's PyDataMem_Handler");
+
 data_handler huge_handler = {"memory_ops_hugepage", 1, {nullptr, huge_malloc, huge_calloc, huge_realloc, huge_free}};
 
-// NumPy's PyDataMem_SetHandler, or null when its C API predates handlers (feature version 0xf).
+// What memory_ops needs of NumPy's handler API (slots 304-306 of its C API table, NumPy >= 1.22),
+// found at import (init_allocator). Leaked, as pybind11 leaks its own NumPy API table.
 using set_handler_t = PyObject* (*)(PyObject*);
-set_handler_t find_set_handler()
-{
-    py::object capsule = py::module_::import("numpy._core.multiarray").attr("_ARRAY_API");
-    void** api = static_cast<void**>(PyCapsule_GetPointer(capsule.ptr(), nullptr));
-    if (api == nullptr) throw py::error_already_set();
-    using version_t = unsigned int (*)();
-    if (reinterpret_cast<version_t>(api[211])() < 0xf) return nullptr;  // PyArray_GetNDArrayCFeatureVersion
-    return reinterpret_cast<set_handler_t>(api[304]);
-}
-
+using get_handler_t = PyObject* (*)();
 struct numpy_handlers {
-    set_handler_t set_handler = nullptr;
-    py::object ours;          // the capsule of huge_handler
-    py::object get_madvise;   // numpy._core.multiarray._get_madvise_hugepage, or None
+    set_handler_t set_handler = nullptr;  // PyDataMem_SetHandler: returns the previous handler
+    get_handler_t get_handler = nullptr;  // PyDataMem_GetHandler: the current one
+    PyObject* numpys = nullptr;           // PyDataMem_DefaultHandler
+    py::object ours;                      // the capsule of huge_handler
+    py::object get_madvise;               // numpy._core.multiarray._get_madvise_hugepage, or None
 };
-
-numpy_handlers& handlers()
-{
-    // Built on first use under the GIL; leaked, as pybind11 leaks its own NumPy API table.
-    static numpy_handlers* h = [] {
-        auto* n = new numpy_handlers;
-        n->set_handler = find_set_handler();
-        n->ours = py::reinterpret_steal<py::object>(PyCapsule_New(&huge_handler, "mem_handler", nullptr));
-        if (!n->ours) throw py::error_already_set();
-        n->get_madvise = py::getattr(py::module_::import("numpy._core.multiarray"), "_get_madvise_hugepage", py::none());
-        return n;
-    }();
-    return *h;
-}
+numpy_handlers* numpy_api = nullptr;  // null: the handler is not used
 
 // Sets NumPy's current handler for the scope's lifetime.
 class handler_scope {
@@ -200,16 +198,41 @@ private:
 
 }  // namespace
 
+void init_allocator()
+{
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    try {
+        py::module_ multiarray = py::module_::import("numpy._core.multiarray");
+        void** api = static_cast<void**>(PyCapsule_GetPointer(multiarray.attr("_ARRAY_API").ptr(), nullptr));
+        if (api == nullptr) throw py::error_already_set();
+        auto* h = new numpy_handlers;
+        h->set_handler = reinterpret_cast<set_handler_t>(api[304]);
+        h->get_handler = reinterpret_cast<get_handler_t>(api[305]);
+        h->numpys = *static_cast<PyObject**>(api[306]);
+        h->ours = py::reinterpret_steal<py::object>(PyCapsule_New(&huge_handler, "mem_handler", nullptr));
+        if (!h->ours) throw py::error_already_set();
+        h->get_madvise = py::getattr(multiarray, "_get_madvise_hugepage", py::none());
+        numpy_api = h;
+    } catch (const py::error_already_set&) {
+        // Only a speed-up is lost: fresh outputs then come from NumPy's handler like any other.
+    }
+#endif
+}
+
 py::array new_array(const py::dtype& dtype, const std::vector<py::ssize_t>& shape)
 {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     std::size_t bytes = static_cast<std::size_t>(dtype.itemsize());
     for (py::ssize_t n : shape) bytes *= static_cast<std::size_t>(n);
-    if (bytes >= min_bytes) {
-        numpy_handlers& h = handlers();
-        if (h.set_handler != nullptr && (h.get_madvise.is_none() || h.get_madvise().cast<bool>())) {
+    numpy_handlers* h = numpy_api;
+    if (bytes >= min_bytes && h != nullptr && (h->get_madvise.is_none() || h->get_madvise().cast<bool>())) {
+        // Only in place of NumPy's default handler: a handler the user set (tracing, pinned memory)
+        // is left to do its work.
+        const auto current = py::reinterpret_steal<py::object>(h->get_handler());
+        if (!current) throw py::error_already_set();
+        if (current.ptr() == h->numpys) {
             // The handler is NumPy's context variable: ours for this one allocation, then restored.
-            handler_scope scope(h.set_handler, h.ours.ptr());
+            handler_scope scope(h->set_handler, h->ours.ptr());
             py::array out(dtype, shape);
             return out;
         }

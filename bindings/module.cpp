@@ -196,6 +196,7 @@ PYBIND11_MODULE(_core, m)
     // See fork_guard in kernels/parallel.hpp: a fork child must not enter libgomp's dead pool.
     pthread_atfork(nullptr, nullptr, [] { on_fork_child(); });
     stream_threshold();  // reads sysfs now rather than inside the first kernel call
+    bind::init_allocator();
 
     m.doc() = "memory_ops compiled core: copy-free xsimd + OpenMP kernels. Use the memory_ops package.";
 

@@ -321,7 +321,8 @@ struct sum_state<std::uint64_t> {
 // 2][i % sum_lanes] (two accumulators per lane: two dependency chains); low (float32 only) keeps per
 // lane the least key(x) = bits(|x|) + 0x7fffffff (mod 2^32) read as int32: ordered like |x| from
 // INT32_MIN up, but for |x| = 0, whose key is the largest, 0x7fffffff (the value when there is no
-// nonzero |x|). One addition and a signed minimum, which every x86 target has (sse2 has no unsigned one).
+// nonzero |x|). One addition and a signed minimum (avx2/avx512 have one; sse2 has only the signed
+// compare, where an unsigned order would cost two more operations).
 template <class T>
 struct magnitudes {
     T sum[2][sum_lanes] = {};

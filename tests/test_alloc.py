@@ -3,6 +3,9 @@ mapped from a 2 MiB boundary and advised huge as a whole, freed with the array, 
 NumPy array. Smaller outputs, and all outputs while NumPy's own huge-page advice is off, come from
 NumPy's current handler."""
 
+import contextlib
+import ctypes
+import os
 import sys
 import threading
 
@@ -18,6 +21,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 OURS = "memory_ops_hugepage"
 BIG = 1 << 25  # bytes: the handler's threshold
 HUGE_PAGE = 1 << 21
+# madvise(MADV_HUGEPAGE) only sets a mapping's "hg" flag on kernels built with transparent huge pages.
+THP = os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 @pytest.fixture
@@ -53,12 +58,34 @@ def vm_flags(address):
     raise AssertionError(f"no mapping holds {address:#x}")
 
 
-def rss_anon_bytes():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no RssAnon in /proc/self/status")
+def mapped_whole(start, nbytes):
+    """Whether one /proc/self/maps mapping spans [start, start + nbytes)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= start and start + nbytes <= hi:
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def users_handler():
+    """A handler of the user's own as NumPy's current one: a new capsule of NumPy's default handler
+    (what a tracing or pinned-memory handler would be), set through NumPy's C API (ctypes)."""
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    new_capsule = ctypes.pythonapi.PyCapsule_New
+    new_capsule.restype, new_capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    api = ctypes.cast(get_pointer(np._core.multiarray._ARRAY_API, None), ctypes.POINTER(ctypes.c_void_p))
+    set_handler = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.py_object)(api[304])
+    get_handler = ctypes.PYFUNCTYPE(ctypes.py_object)(api[305])
+    name = b"mem_handler"
+    mine = new_capsule(get_pointer(get_handler(), name), name, None)
+    previous = set_handler(mine)
+    try:
+        yield
+    finally:
+        set_handler(previous)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int32, np.int64])
@@ -67,8 +94,20 @@ def test_big_fresh_outputs_come_from_the_hugepage_handler(dtype, numpy_advises_h
         assert get_handler_name(got) == OURS
         assert got.flags.owndata and got.flags.c_contiguous and got.base is None
         assert got.ctypes.data % HUGE_PAGE == 0
-        assert "hg" in vm_flags(got.ctypes.data)
-        assert "hg" in vm_flags(got.ctypes.data + got.nbytes - 1)
+        if THP:
+            assert "hg" in vm_flags(got.ctypes.data)
+            assert "hg" in vm_flags(got.ctypes.data + got.nbytes - 1)
+        assert_same_array(got, expected)
+
+
+@pytest.mark.skipif(not THP, reason="no transparent huge pages in this kernel")
+def test_the_mapping_ends_on_a_huge_page(numpy_advises_huge_pages):
+    """An output that ends inside a huge page has that whole huge page mapped and advised."""
+    nbytes = BIG + 3 * 4096 + 8
+    for got, expected in fresh_outputs(nbytes, np.float64):
+        end = got.ctypes.data + (nbytes + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE
+        assert mapped_whole(got.ctypes.data, end - got.ctypes.data)
+        assert "hg" in vm_flags(end - 1)
         assert_same_array(got, expected)
 
 
@@ -87,22 +126,31 @@ def test_resizing_a_big_output_keeps_its_values(numpy_advises_huge_pages):
     got, expected = fresh_outputs(BIG, np.float64)[0]
     n = got.size
     for size in (n + 12_345, 1000, 0, 3 * n // 2, n - 1):
+        old, old_nbytes = got.ctypes.data, max(got.nbytes, 1)
         got.resize(size, refcheck=False)  # in place: the handler's realloc
         expected.resize(size, refcheck=False)
+        assert got.ctypes.data != old and not mapped_whole(old, old_nbytes)  # the old block is unmapped
         assert_same_array(got, expected)
         assert get_handler_name(got) == OURS
         assert size == 0 or got.ctypes.data % HUGE_PAGE == 0  # however small the block
 
 
 def test_big_outputs_are_unmapped_when_freed(numpy_advises_huge_pages):
-    a = np.ones((4 * BIG) // 8)
-    before = rss_anon_bytes()
-    out = memory_ops.scale_copy(a, 2.0)
+    out = memory_ops.scale_copy(np.ones(BIG // 8), 2.0)
     assert get_handler_name(out) == OURS
-    grown = rss_anon_bytes() - before
-    assert grown >= 3 * BIG  # the output's pages are resident (first-touched by the kernel) ...
+    start, nbytes = out.ctypes.data, out.nbytes
+    assert mapped_whole(start, nbytes)
     del out
-    assert rss_anon_bytes() - before < grown - 3 * BIG  # ... and returned when it dies
+    assert not mapped_whole(start, nbytes)  # (a later small mapping in the hole would not span it)
+
+
+def test_a_handler_the_user_set_is_left_alone(numpy_advises_huge_pages):
+    with users_handler():
+        for got, expected in fresh_outputs(BIG, np.float64):
+            assert get_handler_name(got) != OURS
+            assert_same_array(got, expected)
+        assert get_handler_name() != OURS
+    assert get_handler_name(fresh_outputs(BIG, np.float64)[0][0]) == OURS
 
 
 def test_failed_allocation_raises_memoryerror_and_restores_numpys_handler(numpy_advises_huge_pages):
