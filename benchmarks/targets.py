@@ -242,9 +242,9 @@ def scaling_targets(rep, repeat):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller DRAM size")
-    parser.add_argument("--repeat", type=int, default=None, help="interleaved repeats per comparison")
+    parser.add_argument("--repeat", type=int, default=None, help="interleaved repeats per comparison (default 21; --quick: 3)")
     args = parser.parse_args()
-    repeat = args.repeat or (3 if args.quick else 11)
+    repeat = args.repeat or (3 if args.quick else 21)
     dram = 1 << (23 if args.quick else 25)
 
     info = memory_ops.info()
