@@ -27,7 +27,6 @@
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
-#include <utility>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -120,15 +119,15 @@ mapping unlist(void* data) noexcept
     return m;
 }
 
-void* huge_malloc(void*, std::size_t size) { return map_huge(size); }
+void* huge_malloc(void*, std::size_t size) noexcept { return map_huge(size); }
 
-void* huge_calloc(void*, std::size_t nelem, std::size_t elsize)
+void* huge_calloc(void*, std::size_t nelem, std::size_t elsize) noexcept
 {
     if (elsize != 0 && nelem > SIZE_MAX / elsize) return nullptr;
     return map_huge(nelem * elsize);  // fresh anonymous pages are zero
 }
 
-void huge_free(void*, void* ptr, std::size_t)
+void huge_free(void*, void* ptr, std::size_t) noexcept
 {
     if (ptr == nullptr) return;
     const mapping m = unlist(ptr);
@@ -136,7 +135,7 @@ void huge_free(void*, void* ptr, std::size_t)
 }
 
 // (A new mapping and a copy: in-place resizes of big outputs are rare; glibc would mremap.)
-void* huge_realloc(void*, void* ptr, std::size_t new_size)
+void* huge_realloc(void*, void* ptr, std::size_t new_size) noexcept
 {
     if (ptr == nullptr) return map_huge(new_size);
     mapping old;
