@@ -6,6 +6,7 @@
 // linker into the copy built for the widest target and then run on a CPU without it.
 #pragma once
 
+#include <cfenv>
 #include <cmath>
 #include <cstring>
 #include <new>
@@ -223,8 +224,13 @@ void add_contiguous(T* out_t, const T* a_t, const T* b_t, index_t n, bool stream
 // The state of one block's sum_lanes accumulators. Element j of a run goes to lane j % sum_lanes,
 // whatever the SIMD width, so every target performs the same operations in the same order.
 //
-// A float32 block is summed against an anchor, chosen from a first pass over the block (float64
-// blocks take TwoSum; see floating_block):
+// A float32 block is first summed plainly: the exact path's additions (below) from 0, no anchor,
+// no first pass. If none of them rounded (float_env reads the floating-point flags) and the lane
+// sums are finite, they are the lanes' exact sums, and that is the block's value. Most data takes
+// only this: float32 values widened to float64 have 29 bits to spare, so a block whose nonzero
+// magnitudes span less than 2^21 sums exactly (a lane adds at most 512 of them). Otherwise the
+// block is summed against an anchor, chosen from a first pass over the block (float64 blocks take
+// TwoSum; see float32_block):
 //
 // Pass 1 (magnitudes) sums |x| per lane, in the input type, and for float32 also finds the least
 // nonzero |x|. Both come out the same on every target: the sums in a fixed order, the minimum
@@ -245,19 +251,21 @@ void add_contiguous(T* out_t, const T* a_t, const T* b_t, index_t n, bool stream
 // block) the block takes the TwoSum path with anchors 0, exactly as before anchors existed, so
 // non-finite results are those of TwoSum.
 //
-// One read of the block (floating_block). Pass 2 runs in the same loop as pass 1, on the plan of the
-// thread's previous block; if the plan that pass 1 finds differs (compatible()), pass 2 alone runs
-// again on it, from cache. The result is thus that of the block's own plan whatever the guess, the
-// same for any split of the blocks between threads, and the data is read from memory once: on
-// typical data the plan rarely changes between blocks. A thread's first block takes the passes one
-// after the other.
+// Pass 2 runs in the same loop as pass 1, on the plan of the thread's last planned block; if the
+// plan that pass 1 finds differs (compatible()), pass 2 alone runs again on it, from cache. The
+// result is thus that of the block's own plan whatever the guess, the same for any split of the
+// blocks between threads. A thread's first planned block takes the passes one after the other.
+//
+// Whichever path a block takes, its value depends only on its data: a block the plan finds exact
+// also sums plainly without rounding (its partial sums are multiples of ulp(a) below 2^51 ulp(a)),
+// and the plain sums are then the exact path's values; a block that rounds plainly takes its plan.
 //
 // Accuracy. Each element's rounding error is exact; only their sum c rounds. The errors lie on the
 // grid of ulp(a) <= 2^-50 max m rather than TwoSum's ulp(partial sum), so on heavily cancelling data
 // (partial sums far below sum |x|) c rounds more coarsely than TwoSum's compensation: a second-order
 // term, ~ (n eps)^2 sum |x| like TwoSum's bound but with a larger constant. An exact block has no
-// error: a block takes the exact path when its least nonzero |x| is at least about 2^-27 of its
-// largest lane sum of |x| (a span of about 2^18 for values of similar size). Measured against
+// error: a block sums exactly when no plain addition rounds, and takes the exact path when its least
+// nonzero |x| is at least about 2^-27 of its largest lane sum of |x|. Measured against
 // math.fsum on float64 data: within an ulp up to condition numbers ~1e15, beyond ~1e16 10 to 100
 // times TwoSum's error, which is why float64 keeps TwoSum.
 enum class sum_path { two_sum, extract, exact };
@@ -470,6 +478,52 @@ inline void measure1(magnitudes<T>& mag, index_t i, const char* p) noexcept
     }
 }
 
+// Additions that may issue on the multiply-add units: acc + x as fma(x, 1, acc), the same value (x * 1
+// is exact, so the fma rounds once, like the addition). Zen 4 runs additions on two pipes and
+// multiply-adds on two others; the sum kernel's additions of widened elements and of |x| otherwise
+// share the addition pipes with the widening conversions. Only for registers the target has an FMA
+// instruction for (avx2, avx512; elsewhere a plain addition): intrinsics, as xsimd 8 has no avx512
+// fma. The 1 passes through an empty asm: GCC folds fma(x, 1, acc) back into an addition.
+#if defined(__FMA__)
+inline __m128 fmadd(__m128 a, __m128 b, __m128 c) noexcept { return _mm_fmadd_ps(a, b, c); }
+inline __m128d fmadd(__m128d a, __m128d b, __m128d c) noexcept { return _mm_fmadd_pd(a, b, c); }
+inline __m256 fmadd(__m256 a, __m256 b, __m256 c) noexcept { return _mm256_fmadd_ps(a, b, c); }
+inline __m256d fmadd(__m256d a, __m256d b, __m256d c) noexcept { return _mm256_fmadd_pd(a, b, c); }
+#endif
+#if defined(__AVX512F__)
+inline __m512 fmadd(__m512 a, __m512 b, __m512 c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+inline __m512d fmadd(__m512d a, __m512d b, __m512d c) noexcept { return _mm512_fmadd_pd(a, b, c); }
+#endif
+
+// Whether fmadd() takes B's registers. (The register type is not a template argument here: GCC warns
+// that its vector attributes are ignored there.)
+template <class B>
+constexpr auto has_fmadd(int) -> decltype(fmadd(*static_cast<typename B::register_type*>(nullptr),
+                                                *static_cast<typename B::register_type*>(nullptr),
+                                                *static_cast<typename B::register_type*>(nullptr)),
+                                          true)
+{
+    return true;
+}
+template <class B>
+constexpr bool has_fmadd(long)
+{
+    return false;
+}
+
+template <class B, bool = has_fmadd<B>(0)>
+struct fma_adder {
+    B operator()(B acc, B x) const noexcept { return acc + x; }
+};
+
+template <class B>
+struct fma_adder<B, true> {
+    using R = typename B::register_type;
+    R one;
+    fma_adder() noexcept : one(B(typename B::value_type(1))) { asm("" : "+v"(one)); }
+    B operator()(B acc, B x) const noexcept { return B(fmadd(static_cast<R>(x), one, static_cast<R>(acc))); }
+};
+
 // Pass 1 in registers, for contiguous stretches: add<h>(x) takes x[0, sum_lanes) into the lanes'
 // accumulator set h. The float32 minimum is in plain vector types: xsimd has no bit cast common to
 // its versions 8 and 13, and GCC 12 warns (-Wmaybe-uninitialized) inside its avx512 integer min.
@@ -485,6 +539,7 @@ struct magnitude_batches {
 
     B sum[2][NB];
     I low[NB];
+    fma_adder<B> plus;
 
     explicit magnitude_batches(const magnitudes<T>& m) noexcept
     {
@@ -499,7 +554,7 @@ struct magnitude_batches {
     {
         for (index_t k = 0; k < NB; ++k) {
             const B mag = xsimd::abs(B::load_unaligned(x + k * W));
-            sum[h][k] = sum[h][k] + mag;
+            sum[h][k] = plus(sum[h][k], mag);
             if constexpr (f32) {
                 U bits;
                 std::memcpy(&bits, &mag, sizeof bits);
@@ -518,18 +573,31 @@ struct magnitude_batches {
     }
 };
 
+// The architecture pass 2 widens float32 on: avx512 targets widen with 256-bit conversions. On Zen 4
+// (512-bit operations double-pumped) the 512-bit vcvtps2pd costs more than two 256-bit ones: the
+// float32 sum ran 1.3x as fast in L2 this way. The lanes are per element index, so the width
+// changes no result.
+template <class A>
+using widen_arch =
+#if defined(__AVX2__) && defined(__FMA__)
+    std::conditional_t<sizeof(typename xsimd::batch<double, A>::register_type) == 64, xsimd::fma3<xsimd::avx2>, A>;
+#else
+    A;
+#endif
+
 // Pass 2 in registers, for contiguous stretches of T widened to float64: add<h>(x) takes x[0,
 // sum_lanes) into the lanes. On the exact path the odd groups of sum_lanes go to a second
 // accumulator (h = 1), merged into s by store(): exact additions in any grouping give the same sums,
 // and two dependency chains run faster than one.
 template <sum_path path, class A, class T>
 struct sum_batches {
-    using B = xsimd::batch<double, A>;
+    using B = xsimd::batch<double, std::conditional_t<std::is_same<T, float>::value, widen_arch<A>, A>>;
     static constexpr index_t W = B::size;
     static constexpr index_t NB = sum_lanes / W;
     static_assert(sum_lanes % W == 0, "sum_lanes must be a multiple of the batch width");
 
     B s[NB], c[NB], s1[NB];
+    fma_adder<B> plus;
 
     explicit sum_batches(const sum_state<double>& st) noexcept
     {
@@ -543,7 +611,14 @@ struct sum_batches {
     void add(const T* x) noexcept
     {
         for (index_t k = 0; k < NB; ++k) {
-            if constexpr (path == sum_path::exact && h == 1) s1[k] = s1[k] + load_widened<B>(x + k * W);
+            if constexpr (path == sum_path::exact && h == 1) s1[k] = plus(s1[k], load_widened<B>(x + k * W));
+            else if constexpr (path == sum_path::exact) s[k] = plus(s[k], load_widened<B>(x + k * W));
+            else if constexpr (path == sum_path::extract) {
+                const B e = load_widened<B>(x + k * W);
+                const B t = plus(s[k], e);
+                c[k] = plus(c[k], e - (t - s[k]));
+                s[k] = t;
+            }
             else sum_step<path>(s[k], load_widened<B>(x + k * W), c[k]);
         }
     }
@@ -612,32 +687,121 @@ void floating_runs(const nd_view<1>& v, index_t begin, index_t end, sum_state<do
     }
 }
 
-// The partial of the floating block [begin, end) of v (see sum_state). `plan` is on entry the plan
-// of the thread's previous block, if `guessed`, and on return the block's own.
+// The floating-point environment of a thread's floating sum: while it runs, round to nearest, every
+// exception masked and (x86) no flush-to-zero or denormals-are-zero, which a library built with
+// -ffast-math may have set; afterwards the caller's environment, flags included. (Elsewhere the C
+// fenv functions, which leave flush-to-zero as it is.) Between clear() and exact(st) it tells
+// whether any floating operation rounded, overflowed or was invalid: the flags are sticky per
+// thread. exact() takes the block's state as an input, so the compiler materializes every addition
+// into it before reading the flags; clear() clobbers memory, so no element is loaded before it.
+class float_env {
+#if defined(__SSE2__)
+    // MXCSR: all exceptions masked, flags clear, round to nearest, no FTZ/DAZ
+    static constexpr unsigned working = 0x1f80;
+    unsigned saved_;
+
+public:
+    float_env() noexcept
+    {
+        asm volatile("stmxcsr %0" : "=m"(saved_));
+        clear();
+    }
+    ~float_env() { asm volatile("ldmxcsr %0" : : "m"(saved_) : "memory"); }
+    float_env(const float_env&) = delete;
+    float_env& operator=(const float_env&) = delete;
+    void clear() noexcept
+    {
+        unsigned csr;
+        asm volatile("stmxcsr %0" : "=m"(csr) : : "memory");
+        if (csr == working) return;  // (writing the MXCSR costs more than reading it)
+        csr = working;
+        asm volatile("ldmxcsr %0" : : "m"(csr) : "memory");
+    }
+    template <class State>
+    bool exact(const State& st) const noexcept
+    {
+        unsigned csr;
+        asm volatile("stmxcsr %0" : "=m"(csr) : "m"(st) : "memory");
+        return (csr & 0x29u) == 0;  // no invalid (0x1), overflow (0x8) or inexact (0x20)
+    }
+#else
+    std::fenv_t saved_;
+
+public:
+    float_env() noexcept
+    {
+        std::feholdexcept(&saved_);
+        std::fesetround(FE_TONEAREST);
+    }
+    ~float_env() { std::fesetenv(&saved_); }
+    float_env(const float_env&) = delete;
+    float_env& operator=(const float_env&) = delete;
+    void clear() noexcept
+    {
+        asm volatile("" : : : "memory");
+        std::feclearexcept(FE_ALL_EXCEPT);
+    }
+    template <class State>
+    bool exact(const State& st) const noexcept
+    {
+        asm volatile("" : : "m"(st) : "memory");
+        return std::fetestexcept(FE_INEXACT | FE_OVERFLOW | FE_INVALID) == 0;
+    }
+#endif
+};
+
+// The partial of the floating block [begin, end) of v (see sum_state).
+//
+// float32 blocks first take plain summation, the exact path's additions from 0 with no anchor and
+// no first pass: when none of them rounded (env) and the lane sums are finite, those sums are the
+// lanes' exact sums, which the plan's paths give too whenever theirs are exact (see sum_state). The
+// flags are read after the block's first eighth as well: a block that rounds there (wide-ranging
+// data) stops, and is read from memory about once. Otherwise the block takes its plan: pass 1, and
+// pass 2 in the same loop on the plan of the thread's last planned block if there is one
+// (`planned`, `plan`: on return the block's own); on a different plan pass 2 alone runs again
+// (compatible()). Either way the partial depends only on the block's data.
 //
 // Only float32 input is anchored. float64 blocks keep TwoSum, one pass: widening is free there, so
 // the sum is memory-bound already at 2^25 elements on two cores, and on heavily cancelling float64
 // data (condition numbers beyond ~1e16) extraction's coarser error grid measured 10 to 100 times
 // TwoSum's error.
-template <class A, class T>
-float_partial floating_block(const nd_view<1>& v, index_t begin, index_t end, bool guessed, sum_plan& plan) noexcept
+template <class A>
+float_partial float64_block(const nd_view<1>& v, index_t begin, index_t end) noexcept
 {
     sum_state<double> st;
-    magnitudes<T> mag;
-    if constexpr (std::is_same<T, double>::value) {
-        (void)guessed;
-        (void)plan;
-        floating_runs<false, true, A>(v, begin, end, st, mag, sum_path::two_sum);
-    } else {
-        const sum_plan guess = guessed ? plan : sum_plan{};
-        st = sum_state<double>(guess);
-        if (guessed) floating_runs<true, true, A>(v, begin, end, st, mag, guess.path);
-        else floating_runs<true, false, A>(v, begin, end, st, mag, guess.path);
-        plan = make_plan(mag);
-        if (!guessed || !compatible(guess, plan)) {
-            st = sum_state<double>(plan);
-            floating_runs<false, true, A>(v, begin, end, st, mag, plan.path);
-        }
+    magnitudes<double> mag;
+    floating_runs<false, true, A>(v, begin, end, st, mag, sum_path::two_sum);
+    return finish(st);
+}
+
+template <class A>
+float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, float_env& env, bool& planned,
+                            sum_plan& plan) noexcept
+{
+    sum_state<double> st;
+    magnitudes<float> mag;
+    env.clear();
+    const index_t probe = std::min(end, begin + sum_block / 8);
+    floating_runs<false, true, A>(v, begin, probe, st, mag, sum_path::exact);
+    bool exact = env.exact(st);
+    if (exact && probe < end) {
+        floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::exact);
+        exact = env.exact(st);
+    }
+    for (double s_j : st.s) exact = exact && __builtin_isfinite(s_j);
+    if (exact) return finish(st);
+
+    const bool guessed = planned;
+    const sum_plan guess = guessed ? plan : sum_plan{};
+    mag = magnitudes<float>();
+    st = sum_state<double>(guess);
+    if (guessed) floating_runs<true, true, A>(v, begin, end, st, mag, guess.path);
+    else floating_runs<true, false, A>(v, begin, end, st, mag, guess.path);
+    plan = make_plan(mag);
+    planned = true;
+    if (!guessed || !compatible(guess, plan)) {
+        st = sum_state<double>(plan);
+        floating_runs<false, true, A>(v, begin, end, st, mag, plan.path);
     }
     return finish(st);
 }
@@ -720,13 +884,32 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
 
     // The partials of blocks [b0, b1), in order, to emit(b, partial).
     auto run_blocks = [&](index_t b0, index_t b1, auto&& emit) {
-        [[maybe_unused]] sum_plan plan;  // of the previous floating block
-        for (index_t b = b0; b < b1; ++b) {
-            const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
-            if constexpr (std::is_floating_point<T>::value) emit(b, floating_block<Arch, T>(v, begin, end, b > b0, plan));
-            else emit(b, integer_block<Arch, T>(v, begin, end));
+        if constexpr (std::is_same<T, float>::value) {
+            float_env env;
+            sum_plan plan;  // of the thread's last planned block
+            bool planned = false;
+            for (index_t b = b0; b < b1; ++b) {
+                const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
+                emit(b, float32_block<Arch>(v, begin, end, env, planned, plan));
+            }
+        } else if constexpr (std::is_same<T, double>::value) {
+            float_env env;
+            for (index_t b = b0; b < b1; ++b) {
+                const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
+                emit(b, float64_block<Arch>(v, begin, end));
+            }
+        } else {
+            for (index_t b = b0; b < b1; ++b) {
+                const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
+                emit(b, integer_block<Arch, T>(v, begin, end));
+            }
         }
     };
+
+    // A floating sum runs in float_env's environment on every thread, its final combination included:
+    // TwoSum and extraction are error-free only in round to nearest, and subnormals must count.
+    struct no_env {};
+    [[maybe_unused]] std::conditional_t<std::is_floating_point<T>::value, float_env, no_env> env;
 
     // Block partials are combined in index order whether they were computed by one thread or many,
     // so the result does not depend on the thread count. Partials take 1/512 of the input's size.

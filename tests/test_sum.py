@@ -296,3 +296,60 @@ def test_sum_of_self_overlapping_view_counts_each_element_of_the_view():
     assert_within_ulp_of_fsum(memory_ops.safe_sum(windows), windows)
     ints = np.lib.stride_tricks.sliding_window_view(random_values(1000, np.int64), 37)
     assert_int_sum(memory_ops.safe_sum(ints), ints)
+
+
+# ---- the caller's floating-point environment -------------------------------------------------------
+
+
+def _libm():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("m")
+    lib = ctypes.CDLL(name) if name else None
+    if lib is None or not hasattr(lib, "fesetround"):
+        pytest.skip("no C99 fenv functions reachable through ctypes")
+    return lib
+
+
+# <fenv.h> on x86-64 and aarch64 Linux (glibc): rounding modes and the inexact flag.
+_ROUNDING = {
+    "x86_64": {"up": 0x800, "zero": 0xC00, "nearest": 0},
+    "aarch64": {"up": 0x400000, "zero": 0xC00000, "nearest": 0},
+}
+_INEXACT = {"x86_64": 0x20, "aarch64": 0x10}
+
+
+@pytest.mark.parametrize("mode", ["up", "zero"])
+def test_sum_is_the_same_under_the_callers_rounding_mode_and_leaves_it_alone(mode):
+    """TwoSum and extraction are error-free only in round to nearest: safe_sum computes in it whatever
+    rounding mode and exception flags the calling thread has set, and gives both back unchanged."""
+    import platform
+
+    machine = platform.machine()
+    if machine not in _ROUNDING:
+        pytest.skip(f"no <fenv.h> constants here for {machine}")
+    libm = _libm()
+    rng = np.random.default_rng(21)
+    w = rng.uniform(1, 2, 30_000) * np.exp2(rng.integers(-60, 61, 30_000))
+    cancelling = np.concatenate([w, -w, rng.standard_normal(50)])
+    rng.shuffle(cancelling)
+    arrays = [cancelling, cancelling.astype(np.float32), rng.random(100_000).astype(np.float32),
+              rng.standard_normal(100_000)]
+    with memory_ops.threads(1):  # the calling thread sums (OpenMP workers keep their own modes)
+        nearest = [memory_ops.safe_sum(a) for a in arrays]
+        inexact = _INEXACT[machine]
+        try:
+            for raised in (False, True):
+                libm.feclearexcept(inexact)
+                if raised:
+                    libm.feraiseexcept(inexact)
+                assert libm.fesetround(_ROUNDING[machine][mode]) == 0
+                got = [memory_ops.safe_sum(a) for a in arrays]
+                assert libm.fegetround() == _ROUNDING[machine][mode]
+                assert bool(libm.fetestexcept(inexact)) == raised
+                libm.fesetround(_ROUNDING[machine]["nearest"])
+                assert got == nearest
+        finally:
+            libm.fesetround(_ROUNDING[machine]["nearest"])
+            libm.feclearexcept(inexact)
