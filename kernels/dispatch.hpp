@@ -37,10 +37,30 @@ bool supports(const Available& available) noexcept
         return Arch::version() <= available.best;
 }
 
+// What a target's compiler flags add to its xsimd architecture (the table in CMakeLists.txt): on x86
+// the avx2 and avx512 targets are built with -mfma, and no xsimd avx512 architecture checks for FMA3
+// (xsimd 8's rank order even reports fma3<avx2> under any avx512 CPU). Every such CPU has FMA3; a
+// virtual machine may hide it.
+template <class Arch, class Available>
+bool flags_supported(const Available& available) noexcept
+{
+#if defined(__x86_64__) || defined(__i386__)
+    if constexpr (Arch::alignment() >= 32) {
+        if constexpr (has_has<Available, xsimd::fma3<xsimd::avx2>>::value)
+            return available.has(xsimd::fma3<xsimd::avx2>{});
+        else
+            return available.fma3_avx2;
+    }
+#endif
+    (void)available;
+    return true;
+}
+
 template <class Arch>
 bool cpu_supports(Arch) noexcept
 {
-    return supports<Arch>(xsimd::available_architectures());
+    const auto available = xsimd::available_architectures();
+    return supports<Arch>(available) && flags_supported<Arch>(available);
 }
 
 template <class... Archs>
@@ -80,13 +100,16 @@ inline int find_target(const char* name) noexcept
     return -1;
 }
 
-// The target the kernels run on under the current cap.
-inline int active_target() noexcept
+// The target the kernels run on under a cap.
+inline int target_under(int cap) noexcept
 {
-    for (int i = simd_cap().load(std::memory_order_relaxed); i < target_count; ++i)
+    for (int i = cap; i < target_count; ++i)
         if (target_supported(i)) return i;
     return target_count - 1;  // the baseline target is always runnable
 }
+
+// The target the kernels run on under the current cap.
+inline int active_target() noexcept { return target_under(simd_cap().load(std::memory_order_relaxed)); }
 
 // Calls F{}(Arch{}, args...) for the target chosen under the cap. One xsimd dispatcher per suffix of
 // the target list.
@@ -122,11 +145,13 @@ public:
 };
 
 // Runs kernel F on the target chosen under the current cap. The dispatchers are built on first use.
+// The dispatcher for the list starting at active_target() picks active_target() itself: xsimd's
+// choice there agrees with target_supported(), which adds only the flags check.
 template <class F, class... Args>
 decltype(auto) run_kernel(Args&&... args) noexcept
 {
     static capped_dispatch<F, compiled_targets> dispatcher;
-    return dispatcher(simd_cap().load(std::memory_order_relaxed), std::forward<Args>(args)...);
+    return dispatcher(active_target(), std::forward<Args>(args)...);
 }
 
 }  // namespace memory_ops

@@ -13,17 +13,16 @@
 // blocks are compensated with Knuth's TwoSum (6 additions per element plus one into the
 // compensation). A float32 block is first summed plainly, one addition per element; when the
 // floating-point flags show that none of them rounded, its lane sums are exact and final (most data:
-// nonzero magnitudes spanning less than 2^21 in a block). Otherwise it takes error-free extraction
+// nonzero magnitudes spanning less than 2^20 in a block). Otherwise it takes error-free extraction
 // against an anchor (Rump, Ogita and Oishi): a first pass sums |x| per lane, which fixes an anchor
 // 1.5 * 2^q above every partial sum of the block, and each element is then added with 3 additions
-// plus one into the compensation, or, when all the block's elements lie on the anchor's grid, with
-// one exact addition. float32 blocks holding NaN, infinities or values whose float32 sum of |x|
-// overflows take TwoSum, so non-finite results are plain summation's. Every floating operation, and
-// every anchor, therefore depends only on the data and the (simplified) layout of the input, never on
-// the thread count or SIMD target, and the result is bit-identical across both (ops_impl.hpp,
-// sum_state, has the details). Floating sums run in round to nearest without flush-to-zero whatever
-// the calling thread set, and leave its floating-point environment as they found it. Integer sums
-// are exact modulo 2^64, like NumPy's int64 accumulator.
+// plus one into the compensation. float32 blocks holding NaN, infinities or values whose float32 sum
+// of |x| overflows take TwoSum, so non-finite results are plain summation's. Every floating
+// operation, and every anchor, therefore depends only on the data and the (simplified) layout of the
+// input, never on the thread count or SIMD target, and the result is bit-identical across both
+// (ops_impl.hpp, sum_state, has the details). Floating sums run in round to nearest (on x86 also
+// without flush-to-zero) whatever the calling thread set, and leave its floating-point environment as
+// they found it. Integer sums are exact modulo 2^64, like NumPy's int64 accumulator.
 //
 // Callers see only these declarations and the extern templates below; each target's definitions are
 // compiled once, in its own translation unit with its own flags (kernels/arch.cpp.in), and picked at

@@ -224,56 +224,53 @@ void add_contiguous(T* out_t, const T* a_t, const T* b_t, index_t n, bool stream
 // The state of one block's sum_lanes accumulators. Element j of a run goes to lane j % sum_lanes,
 // whatever the SIMD width, so every target performs the same operations in the same order.
 //
-// A float32 block is first summed plainly: the exact path's additions (below) from 0, no anchor,
-// no first pass. If none of them rounded (float_env reads the floating-point flags) and the lane
-// sums are finite, they are the lanes' exact sums, and that is the block's value. Most data takes
+// A float32 block is first summed plainly (sum_path::plain): each element widened exactly and added
+// to its lane, from 0. If none of these additions rounded (float_env reads the floating-point flags)
+// and the lane sums are finite, they are the lanes' exact sums and the block's value. Most data takes
 // only this: float32 values widened to float64 have 29 bits to spare, so a block whose nonzero
-// magnitudes span less than 2^21 sums exactly (a lane adds at most 512 of them). Otherwise the
-// block is summed against an anchor, chosen from a first pass over the block (float64 blocks take
-// TwoSum; see float32_block):
+// magnitudes span less than 2^20 sums exactly (a lane adds at most 512 of them). Otherwise the block
+// is summed against an anchor, chosen from a first pass over it (float64 blocks take TwoSum; see
+// float32_block):
 //
-// Pass 1 (magnitudes) sums |x| per lane, in the input type, and for float32 also finds the least
-// nonzero |x|. Both come out the same on every target: the sums in a fixed order, the minimum
-// exactly.
+// Pass 1 (magnitudes) sums |x| per lane, in the input type, in a fixed order: the same on every
+// target.
 //
 // The plan (make_plan). If every lane's sum m is finite and at most 2^1000, all lanes start at the
 // anchor a = 1.5 * 2^q, q the least with m (1 + 2^-10) < 2^(q-1) for every lane's m (and q >= -1000).
 // The factor covers the rounding of m (at most (n - 1) eps relative, n <= sum_block, eps = 2^-24 for
 // float32). Then no partial sum of a lane's elements, nor its drift by the rounding errors taken out
 // below (at most sum_block half-ulps of a), leaves [-2^(q-1), 2^(q-1)): s = a + partial stays within
-// the binade [2^q, 2^(q+1)] for the whole block, and pass 2 adds each element with
-//   extract(): t = s + x; c += x - (t - s); s = t. t - s is exact (Sterbenz) and x - (t - s) is the
-//     exact rounding error of s + x: 4 additions per element where two_sum() takes 7;
-//   exact (float32 only, when the least nonzero |x| is a multiple of ulp(a)): s = s + x. Every
-//     element and partial sum then lies on the grid of ulp(a) below 2^(q+1), so each addition is
-//     exact and c stays 0: the values extract() gives, with one addition per element.
-// A lane's value is (s - a) + c, s - a exact. Otherwise (NaN, infinities or sums near overflow in the
-// block) the block takes the TwoSum path with anchors 0, exactly as before anchors existed, so
-// non-finite results are those of TwoSum.
+// the binade [2^q, 2^(q+1)] for the whole block, and pass 2 adds each element with extract():
+// t = s + x; c += x - (t - s); s = t. t - s is exact (Sterbenz) and x - (t - s) is the exact rounding
+// error of s + x: 4 additions per element where two_sum() takes 7. A lane's value is (s - a) + c,
+// s - a exact. Otherwise (NaN, infinities or sums near overflow in the block) the block takes the
+// TwoSum path with anchors 0, exactly as before anchors existed, so non-finite results are those of
+// TwoSum.
 //
 // Pass 2 runs in the same loop as pass 1, on the plan of the thread's last planned block; if the
 // plan that pass 1 finds differs (compatible()), pass 2 alone runs again on it, from cache. The
 // result is thus that of the block's own plan whatever the guess, the same for any split of the
 // blocks between threads. A thread's first planned block takes the passes one after the other.
 //
-// Whichever path a block takes, its value depends only on its data: a block the plan finds exact
-// also sums plainly without rounding (its partial sums are multiples of ulp(a) below 2^51 ulp(a)),
-// and the plain sums are then the exact path's values; a block that rounds plainly takes its plan.
+// Whether a block sums plainly without rounding depends only on its data and the (simplified) layout
+// of the input: the plain additions are grouped the same way on every target, for batches and for
+// single elements alike (floating_run). So does its plan. (A block whose least nonzero |x| is a
+// multiple of ulp(a) never rounds plainly: its partial sums are multiples of ulp(a) below
+// 2^51 ulp(a). The plan therefore has no such path of its own.)
 //
-// Accuracy. Each element's rounding error is exact; only their sum c rounds. The errors lie on the
-// grid of ulp(a) <= 2^-50 max m rather than TwoSum's ulp(partial sum), so on heavily cancelling data
-// (partial sums far below sum |x|) c rounds more coarsely than TwoSum's compensation: a second-order
-// term, ~ (n eps)^2 sum |x| like TwoSum's bound but with a larger constant. An exact block has no
-// error: a block sums exactly when no plain addition rounds, and takes the exact path when its least
-// nonzero |x| is at least about 2^-27 of its largest lane sum of |x|. Measured against
-// math.fsum on float64 data: within an ulp up to condition numbers ~1e15, beyond ~1e16 10 to 100
-// times TwoSum's error, which is why float64 keeps TwoSum.
-enum class sum_path { two_sum, extract, exact };
+// Accuracy. A plainly summed block has no error. On the extract path each element's rounding error
+// is exact; only their sum c rounds. The errors lie on the grid of ulp(a) <= 2^-50 max m rather than
+// TwoSum's ulp(partial sum), so on heavily cancelling data (partial sums far below sum |x|) c rounds
+// more coarsely than TwoSum's compensation: a second-order term, ~ (n eps)^2 sum |x| like TwoSum's
+// bound but with a larger constant. Measured against math.fsum on float64 data: within an ulp up to
+// condition numbers ~1e15, beyond ~1e16 10 to 100 times TwoSum's error, which is why float64 keeps
+// TwoSum.
+enum class sum_path { two_sum, extract, plain };
 
 template <sum_path path, class V>
 inline void sum_step(V& s, V x, V& c) noexcept
 {
-    if constexpr (path == sum_path::exact) s = s + x;
+    if constexpr (path == sum_path::plain) s = s + x;
     else if constexpr (path == sum_path::extract) extract(s, x, c);
     else two_sum(s, x, c);
 }
@@ -284,12 +281,11 @@ struct sum_plan {
     int q = 0;
 };
 
-// Whether pass 2 run on `guess` gives the values of the block's own plan `truth`: the same anchors,
-// and extract() where the exact path is not certain (extract() gives the exact path's values).
+// Whether pass 2 run on `guess` gives the values of the block's own plan `truth`: the same path and
+// anchors.
 inline bool compatible(const sum_plan& guess, const sum_plan& truth) noexcept
 {
-    if (truth.path == sum_path::two_sum || guess.path == sum_path::two_sum) return guess.path == truth.path;
-    return guess.q == truth.q && (guess.path == sum_path::extract || truth.path == sum_path::exact);
+    return guess.path == truth.path && (truth.path == sum_path::two_sum || guess.q == truth.q);
 }
 
 template <class T>
@@ -326,19 +322,10 @@ struct sum_state<std::uint64_t> {
 };
 
 // Pass 1's per-lane results for input type T. Element i of a run adds |x| to sum[(i / sum_lanes) %
-// 2][i % sum_lanes] (two accumulators per lane: two dependency chains); low (float32 only) keeps per
-// lane the least key(x) = bits(|x|) + 0x7fffffff (mod 2^32) read as int32: ordered like |x| from
-// INT32_MIN up, but for |x| = 0, whose key is the largest, 0x7fffffff (the value when there is no
-// nonzero |x|). One addition and a signed minimum (avx2/avx512 have one; sse2 has only the signed
-// compare, where an unsigned order would cost two more operations).
+// 2][i % sum_lanes] (two accumulators per lane: two dependency chains).
 template <class T>
 struct magnitudes {
     T sum[2][sum_lanes] = {};
-    std::int32_t low[sum_lanes];
-    magnitudes() noexcept
-    {
-        for (auto& l : low) l = 0x7fffffff;
-    }
 };
 
 // The plan of a block from its pass 1 (see sum_state).
@@ -346,25 +333,16 @@ template <class T>
 inline sum_plan make_plan(const magnitudes<T>& mag) noexcept
 {
     double m = 0.0;
-    std::int32_t low = 0x7fffffff;
     for (index_t j = 0; j < sum_lanes; ++j) {
         const double m_j = static_cast<double>(mag.sum[0][j] + mag.sum[1][j]);
         if (!(m_j <= 0x1p1000)) return {};  // NaN, an infinity, or near overflow: TwoSum
         m = m_j > m ? m_j : m;
-        low = mag.low[j] < low ? mag.low[j] : low;
     }
     const double bound = m + m * 0x1p-10;
     std::uint64_t bits;
     std::memcpy(&bits, &bound, sizeof bits);
     const int e = static_cast<int>(bits >> 52) - 1023;  // bound < 2^(e+1); 0 and subnormals: e = -1023
-    sum_plan plan{sum_path::extract, e + 2 > -1000 ? e + 2 : -1000};
-    if constexpr (std::is_same<T, float>::value) {
-        // float32: the least nonzero |x| has biased exponent E, so every nonzero |x| is a multiple of
-        // its ulp 2^(max(E, 1) - 150); exact when that is at least ulp(a) = 2^(q-52).
-        const int biased = low == 0x7fffffff ? 255 : static_cast<int>((static_cast<std::uint32_t>(low) - 0x7fffffffu) >> 23);
-        if ((biased > 1 ? biased : 1) - 150 >= plan.q - 52) plan.path = sum_path::exact;
-    }
-    return plan;
+    return {sum_path::extract, e + 2 > -1000 ? e + 2 : -1000};
 }
 
 inline void add_partial(float_partial& acc, double s, double c) noexcept
@@ -467,15 +445,7 @@ inline bool batch_readable(const char* p, index_t step) noexcept
 template <class T>
 inline void measure1(magnitudes<T>& mag, index_t i, const char* p) noexcept
 {
-    const T x = load1<T>(p);
-    if constexpr (std::is_same<T, float>::value) {
-        mag.sum[(i / sum_lanes) % 2][i % sum_lanes] += __builtin_fabsf(x);
-        const auto key = static_cast<std::int32_t>((load1<std::uint32_t>(p) & 0x7fffffffu) + 0x7fffffffu);
-        std::int32_t& low = mag.low[i % sum_lanes];
-        low = key < low ? key : low;
-    } else {
-        mag.sum[(i / sum_lanes) % 2][i % sum_lanes] += __builtin_fabs(x);
-    }
+    mag.sum[(i / sum_lanes) % 2][i % sum_lanes] += std::fabs(load1<T>(p));
 }
 
 // Additions that may issue on the multiply-add units: acc + x as fma(x, 1, acc), the same value (x * 1
@@ -516,6 +486,7 @@ struct fma_adder {
     B operator()(B acc, B x) const noexcept { return acc + x; }
 };
 
+#if defined(__FMA__) || defined(__AVX512F__)
 template <class B>
 struct fma_adder<B, true> {
     using R = typename B::register_type;
@@ -523,22 +494,18 @@ struct fma_adder<B, true> {
     fma_adder() noexcept : one(B(typename B::value_type(1))) { asm("" : "+v"(one)); }
     B operator()(B acc, B x) const noexcept { return B(fmadd(static_cast<R>(x), one, static_cast<R>(acc))); }
 };
+#endif
 
 // Pass 1 in registers, for contiguous stretches: add<h>(x) takes x[0, sum_lanes) into the lanes'
-// accumulator set h. The float32 minimum is in plain vector types: xsimd has no bit cast common to
-// its versions 8 and 13, and GCC 12 warns (-Wmaybe-uninitialized) inside its avx512 integer min.
+// accumulator set h.
 template <class A, class T>
 struct magnitude_batches {
     using B = xsimd::batch<T, A>;
     static constexpr index_t W = B::size;
     static constexpr index_t NB = sum_lanes / W;
     static_assert(sum_lanes % W == 0, "sum_lanes must be a multiple of the batch width");
-    static constexpr bool f32 = std::is_same<T, float>::value;
-    typedef std::uint32_t U __attribute__((vector_size(W * sizeof(std::uint32_t))));
-    typedef std::int32_t I __attribute__((vector_size(W * sizeof(std::int32_t))));
 
     B sum[2][NB];
-    I low[NB];
     fma_adder<B> plus;
 
     explicit magnitude_batches(const magnitudes<T>& m) noexcept
@@ -546,52 +513,65 @@ struct magnitude_batches {
         for (index_t k = 0; k < NB; ++k) {
             sum[0][k] = B::load_unaligned(m.sum[0] + k * W);
             sum[1][k] = B::load_unaligned(m.sum[1] + k * W);
-            if constexpr (f32) std::memcpy(&low[k], m.low + k * W, sizeof(I));
         }
     }
     template <int h>
     void add(const T* x) noexcept
     {
-        for (index_t k = 0; k < NB; ++k) {
-            const B mag = xsimd::abs(B::load_unaligned(x + k * W));
-            sum[h][k] = plus(sum[h][k], mag);
-            if constexpr (f32) {
-                U bits;
-                std::memcpy(&bits, &mag, sizeof bits);
-                const I key = (I)(bits + 0x7fffffffu);
-                low[k] = key < low[k] ? key : low[k];
-            }
-        }
+        for (index_t k = 0; k < NB; ++k) sum[h][k] = plus(sum[h][k], xsimd::abs(B::load_unaligned(x + k * W)));
     }
     void store(magnitudes<T>& m) const noexcept
     {
         for (index_t k = 0; k < NB; ++k) {
             sum[0][k].store_unaligned(m.sum[0] + k * W);
             sum[1][k].store_unaligned(m.sum[1] + k * W);
-            if constexpr (f32) std::memcpy(m.low + k * W, &low[k], sizeof(I));
         }
     }
 };
 
-// The architecture pass 2 widens float32 on: avx512 targets widen with 256-bit conversions. On Zen 4
-// (512-bit operations double-pumped) the 512-bit vcvtps2pd costs more than two 256-bit ones: the
-// float32 sum ran 1.3x as fast in L2 this way. The lanes are per element index, so the width
-// changes no result.
+// The float64 batch pass 2 widens float32 into: on avx512 targets a 256-bit one. On Zen 4 (512-bit
+// operations double-pumped) the 512-bit vcvtps2pd costs more than two 256-bit ones: the float32 sum
+// ran 1.3x as fast in L2 this way. The lanes are per element index, so the width changes no result.
+// The 256-bit batch is this translation unit's own type (its functions are internal), not xsimd's
+// fma3<avx2> batch: the avx2 translation unit instantiates that one too, and the linker would keep a
+// single copy of any out-of-line function of it, possibly this one, built with -mavx512f.
+#if defined(__AVX512F__) && defined(__FMA__)
+struct ymm_double {
+    using value_type = double;
+    using register_type = __m256d;
+    static constexpr std::size_t size = 4;
+    __m256d v;
+
+    ymm_double() = default;
+    ymm_double(double x) noexcept : v(_mm256_set1_pd(x)) {}
+    ymm_double(__m256d x) noexcept : v(x) {}
+    operator __m256d() const noexcept { return v; }
+    static ymm_double load_unaligned(const double* p) noexcept { return _mm256_loadu_pd(p); }
+    void store_unaligned(double* p) const noexcept { _mm256_storeu_pd(p, v); }
+    friend ymm_double operator+(ymm_double a, ymm_double b) noexcept { return _mm256_add_pd(a.v, b.v); }
+    friend ymm_double operator-(ymm_double a, ymm_double b) noexcept { return _mm256_sub_pd(a.v, b.v); }
+};
+#endif
+
+template <class A, class T>
+struct widened_batch {
+    using type = xsimd::batch<double, A>;
+};
+#if defined(__AVX512F__) && defined(__FMA__)
 template <class A>
-using widen_arch =
-#if defined(__AVX2__) && defined(__FMA__)
-    std::conditional_t<sizeof(typename xsimd::batch<double, A>::register_type) == 64, xsimd::fma3<xsimd::avx2>, A>;
-#else
-    A;
+struct widened_batch<A, float> {
+    using type = std::conditional_t<A::alignment() == 64, ymm_double, xsimd::batch<double, A>>;
+};
 #endif
 
 // Pass 2 in registers, for contiguous stretches of T widened to float64: add<h>(x) takes x[0,
-// sum_lanes) into the lanes. On the exact path the odd groups of sum_lanes go to a second
-// accumulator (h = 1), merged into s by store(): exact additions in any grouping give the same sums,
-// and two dependency chains run faster than one.
+// sum_lanes) into the lanes. On the plain path the odd groups of sum_lanes go to a second
+// accumulator (h = 1), merged into s by store(): two dependency chains run faster than one, and
+// additions that do not round give the same sums in any grouping. (Whether they round depends on the
+// grouping: floating_run's single-element loop keeps this one.)
 template <sum_path path, class A, class T>
 struct sum_batches {
-    using B = xsimd::batch<double, std::conditional_t<std::is_same<T, float>::value, widen_arch<A>, A>>;
+    using B = typename widened_batch<A, T>::type;
     static constexpr index_t W = B::size;
     static constexpr index_t NB = sum_lanes / W;
     static_assert(sum_lanes % W == 0, "sum_lanes must be a multiple of the batch width");
@@ -611,8 +591,8 @@ struct sum_batches {
     void add(const T* x) noexcept
     {
         for (index_t k = 0; k < NB; ++k) {
-            if constexpr (path == sum_path::exact && h == 1) s1[k] = plus(s1[k], load_widened<B>(x + k * W));
-            else if constexpr (path == sum_path::exact) s[k] = plus(s[k], load_widened<B>(x + k * W));
+            if constexpr (path == sum_path::plain && h == 1) s1[k] = plus(s1[k], load_widened<B>(x + k * W));
+            else if constexpr (path == sum_path::plain) s[k] = plus(s[k], load_widened<B>(x + k * W));
             else if constexpr (path == sum_path::extract) {
                 const B e = load_widened<B>(x + k * W);
                 const B t = plus(s[k], e);
@@ -625,7 +605,7 @@ struct sum_batches {
     void store(sum_state<double>& st) noexcept
     {
         for (index_t k = 0; k < NB; ++k) {
-            if constexpr (path == sum_path::exact) s[k] = s[k] + s1[k];
+            if constexpr (path == sum_path::plain) s[k] = s[k] + s1[k];
             s[k].store_unaligned(st.s + k * W);
             c[k].store_unaligned(st.c + k * W);
         }
@@ -656,6 +636,19 @@ void floating_run(sum_state<double>& st, magnitudes<T>& mag, const char* p, inde
         }
         if constexpr (sum) r2.store(st);
         if constexpr (measure) r1.store(mag);
+    } else if constexpr (sum && path == sum_path::plain) {
+        // The batches' grouping, one element at a time: pairs of groups of sum_lanes, the second of
+        // each into s1, then at most one more group, then s1 merged, then the rest. Whether the plain
+        // sum rounds depends on the grouping, so a strided or unaligned copy must not change it.
+        double s1[sum_lanes] = {};
+        const index_t pairs = n / (2 * sum_lanes) * (2 * sum_lanes), groups = n / sum_lanes * sum_lanes;
+        for (; i < groups; ++i) {
+            const double x = static_cast<double>(load1<T>(p + i * step));
+            double& lane = i < pairs && (i / sum_lanes) % 2 == 1 ? s1[i % sum_lanes] : st.s[i % sum_lanes];
+            lane = lane + x;
+            if constexpr (measure) measure1(mag, i, p + i * step);
+        }
+        for (index_t j = 0; j < sum_lanes; ++j) st.s[j] = st.s[j] + s1[j];
     }
     for (; i < n; ++i) {
         if constexpr (sum) sum_step<path>(st.s[i % sum_lanes], static_cast<double>(load1<T>(p + i * step)), st.c[i % sum_lanes]);
@@ -677,8 +670,8 @@ void floating_runs(const nd_view<1>& v, index_t begin, index_t end, sum_state<do
         over(std::integral_constant<sum_path, sum_path::two_sum>{});  // (path unused)
     } else {
         switch (path) {
-        case sum_path::exact:
-            return over(std::integral_constant<sum_path, sum_path::exact>{});
+        case sum_path::plain:
+            return over(std::integral_constant<sum_path, sum_path::plain>{});
         case sum_path::extract:
             return over(std::integral_constant<sum_path, sum_path::extract>{});
         case sum_path::two_sum:
@@ -752,10 +745,9 @@ public:
 
 // The partial of the floating block [begin, end) of v (see sum_state).
 //
-// float32 blocks first take plain summation, the exact path's additions from 0 with no anchor and
+// float32 blocks first take plain summation, the plain path's additions from 0 with no anchor and
 // no first pass: when none of them rounded (env) and the lane sums are finite, those sums are the
-// lanes' exact sums, which the plan's paths give too whenever theirs are exact (see sum_state). The
-// flags are read after the block's first eighth as well: a block that rounds there (wide-ranging
+// lanes' exact sums (see sum_state). The flags are read after the block's first eighth as well: a block that rounds there (wide-ranging
 // data) stops, and is read from memory about once. Otherwise the block takes its plan: pass 1, and
 // pass 2 in the same loop on the plan of the thread's last planned block if there is one
 // (`planned`, `plan`: on return the block's own); on a different plan pass 2 alone runs again
@@ -782,10 +774,10 @@ float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, flo
     magnitudes<float> mag;
     env.clear();
     const index_t probe = std::min(end, begin + sum_block / 8);
-    floating_runs<false, true, A>(v, begin, probe, st, mag, sum_path::exact);
+    floating_runs<false, true, A>(v, begin, probe, st, mag, sum_path::plain);
     bool exact = env.exact(st);
     if (exact && probe < end) {
-        floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::exact);
+        floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::plain);
         exact = env.exact(st);
     }
     for (double s_j : st.s) exact = exact && __builtin_isfinite(s_j);
@@ -913,18 +905,27 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
 
     // Block partials are combined in index order whether they were computed by one thread or many,
     // so the result does not depend on the thread count. Partials take 1/512 of the input's size.
+    // (settle(): the asm makes the compiler finish the value's arithmetic there, in program order with
+    // float_env's flag reads and writes. Otherwise a combine() could move into the next block's
+    // plain sum, or the result past env's restoring the caller's rounding mode.)
+    auto settle = [](auto& value) { asm volatile("" : "+m"(value)); };
     partial total{};
     partial* partials = blocks > 1 ? new (std::nothrow) partial[static_cast<std::size_t>(blocks)] : nullptr;
     if (partials == nullptr) {
-        run_blocks(0, blocks, [&](index_t, const partial& p) { combine(total, p); });
-        return result(total);
+        run_blocks(0, blocks, [&](index_t, const partial& p) {
+            combine(total, p);
+            settle(total);
+        });
+    } else {
+        parallel_for(blocks, 1, sum_block, [&](index_t b0, index_t b1) {
+            run_blocks(b0, b1, [&](index_t b, const partial& p) { partials[b] = p; });
+        });
+        for (index_t b = 0; b < blocks; ++b) combine(total, partials[b]);
+        delete[] partials;
     }
-    parallel_for(blocks, 1, sum_block, [&](index_t b0, index_t b1) {
-        run_blocks(b0, b1, [&](index_t b, const partial& p) { partials[b] = p; });
-    });
-    for (index_t b = 0; b < blocks; ++b) combine(total, partials[b]);
-    delete[] partials;
-    return result(total);
+    sum_result_t<T> r = result(total);
+    settle(r);
+    return r;
 }
 
 template <class Arch>

@@ -312,12 +312,24 @@ def _libm():
     return lib
 
 
-# <fenv.h> on x86-64 and aarch64 Linux (glibc): rounding modes and the inexact flag.
+# <fenv.h> on x86-64 and aarch64 Linux (glibc): rounding modes and FE_INVALID, which glibc raises
+# on x86-64 with an SSE division (FE_INEXACT it sets in the x87 status word, which the sum never
+# touches, so a wiped flag would go unseen).
 _ROUNDING = {
     "x86_64": {"up": 0x800, "zero": 0xC00, "nearest": 0},
     "aarch64": {"up": 0x400000, "zero": 0xC00000, "nearest": 0},
 }
-_INEXACT = {"x86_64": 0x20, "aarch64": 0x10}
+_INVALID = {"x86_64": 0x01, "aarch64": 0x01}
+
+
+def _fenv_arrays():
+    rng = np.random.default_rng(21)
+    w = rng.uniform(1, 2, 30_000) * np.exp2(rng.integers(-60, 61, 30_000))
+    cancelling = np.concatenate([w, -w, rng.standard_normal(50)])
+    rng.shuffle(cancelling)
+    subnormal = (rng.random(50_000) * 2.0**-126).astype(np.float32)
+    return [cancelling, cancelling.astype(np.float32), rng.random(100_000).astype(np.float32),
+            rng.standard_normal(100_000), subnormal, subnormal.astype(np.float64)]
 
 
 @pytest.mark.parametrize("mode", ["up", "zero"])
@@ -330,26 +342,51 @@ def test_sum_is_the_same_under_the_callers_rounding_mode_and_leaves_it_alone(mod
     if machine not in _ROUNDING:
         pytest.skip(f"no <fenv.h> constants here for {machine}")
     libm = _libm()
-    rng = np.random.default_rng(21)
-    w = rng.uniform(1, 2, 30_000) * np.exp2(rng.integers(-60, 61, 30_000))
-    cancelling = np.concatenate([w, -w, rng.standard_normal(50)])
-    rng.shuffle(cancelling)
-    arrays = [cancelling, cancelling.astype(np.float32), rng.random(100_000).astype(np.float32),
-              rng.standard_normal(100_000)]
+    arrays = _fenv_arrays()
     with memory_ops.threads(1):  # the calling thread sums (OpenMP workers keep their own modes)
         nearest = [memory_ops.safe_sum(a) for a in arrays]
-        inexact = _INEXACT[machine]
+        invalid = _INVALID[machine]
         try:
             for raised in (False, True):
-                libm.feclearexcept(inexact)
+                libm.feclearexcept(invalid)
                 if raised:
-                    libm.feraiseexcept(inexact)
+                    libm.feraiseexcept(invalid)
                 assert libm.fesetround(_ROUNDING[machine][mode]) == 0
                 got = [memory_ops.safe_sum(a) for a in arrays]
                 assert libm.fegetround() == _ROUNDING[machine][mode]
-                assert bool(libm.fetestexcept(inexact)) == raised
+                assert bool(libm.fetestexcept(invalid)) == raised
                 libm.fesetround(_ROUNDING[machine]["nearest"])
                 assert got == nearest
         finally:
             libm.fesetround(_ROUNDING[machine]["nearest"])
-            libm.feclearexcept(inexact)
+            libm.feclearexcept(invalid)
+
+
+def test_sum_counts_subnormals_under_the_callers_flush_to_zero():
+    """A library built with -ffast-math may set FTZ and DAZ (MXCSR bits 15 and 6) for the thread:
+    subnormal inputs would then read as zero. safe_sum clears both while it runs and restores the
+    caller's MXCSR. (glibc's x86-64 fenv_t holds the MXCSR at byte 28.)"""
+    import ctypes
+    import platform
+
+    if platform.machine() != "x86_64":
+        pytest.skip("MXCSR is x86-64's")
+    libm = _libm()
+    env = ctypes.create_string_buffer(32)  # sizeof(fenv_t) on x86-64 glibc
+    assert libm.fegetenv(env) == 0
+    mxcsr = int.from_bytes(env.raw[28:32], "little")
+    assert mxcsr & 0x8040 == 0
+    arrays = _fenv_arrays()[4:]  # float32 subnormals, and the same values as float64
+    with memory_ops.threads(1):
+        expected = [memory_ops.safe_sum(a) for a in arrays]
+        assert all(e > 0 for e in expected)
+        fast = ctypes.create_string_buffer(env.raw[:28] + (mxcsr | 0x8040).to_bytes(4, "little"))
+        try:
+            assert libm.fesetenv(fast) == 0
+            got = [memory_ops.safe_sum(a) for a in arrays]
+            after = ctypes.create_string_buffer(32)
+            libm.fegetenv(after)
+        finally:
+            libm.fesetenv(env)
+    assert int.from_bytes(after.raw[28:32], "little") & 0x8040 == 0x8040
+    assert got == expected

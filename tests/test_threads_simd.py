@@ -255,7 +255,7 @@ def _plan_changing_arrays():
     alternating = np.repeat(np.where(np.arange(blocks + 1) % 2 == 0, 1.0, 1e10), 8192)[:n]
     random_scale = np.repeat(10.0 ** rng.uniform(-5, 5, blocks + 1), 8192)[:n]
     tiny = x * 100
-    tiny[rng.integers(0, n, 9)] = 1e-9  # blocks with and without the exact path
+    tiny[rng.integers(0, n, 9)] = 1e-9  # blocks summed plainly and blocks that round there (planned)
     overflowing = x * 100
     overflowing[5 * 8192:5 * 8192 + 64] = 3e38 * np.sign(x[:64])  # float32 sum of |x| overflows: TwoSum
     nonfinite = x * 100
