@@ -704,10 +704,7 @@ public:
     float_env& operator=(const float_env&) = delete;
     void clear() noexcept
     {
-        unsigned csr;
-        asm volatile("stmxcsr %0" : "=m"(csr) : : "memory");
-        if (csr == working) return;  // (writing the MXCSR costs more than reading it)
-        csr = working;
+        const unsigned csr = working;  // (here writing the MXCSR measured cheaper than reading it)
         asm volatile("ldmxcsr %0" : : "m"(csr) : "memory");
     }
     template <class State>
