@@ -900,8 +900,9 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
     struct no_env {};
     [[maybe_unused]] std::conditional_t<std::is_floating_point<T>::value, float_env, no_env> env;
 
-    // Block partials are combined in index order whether they were computed by one thread or many,
-    // so the result does not depend on the thread count. Partials take 1/512 of the input's size.
+    // Block partials are combined in index order whichever thread computed them, so the result does
+    // not depend on the thread count or on which thread took which blocks (parallel_for_balanced).
+    // Partials take 1/512 of the input's size.
     // (settle(): the asm makes the compiler finish the value's arithmetic there, in program order with
     // float_env's flag reads and writes. Otherwise a combine() could move into the next block's
     // plain sum, or the result past env's restoring the caller's rounding mode.)
@@ -914,7 +915,7 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
             settle(total);
         });
     } else {
-        parallel_for(blocks, 1, sum_block, [&](index_t b0, index_t b1) {
+        parallel_for_balanced(blocks, 16, sum_block, [&](index_t b0, index_t b1) {
             run_blocks(b0, b1, [&](index_t b, const partial& p) { partials[b] = p; });
         });
         for (index_t b = 0; b < blocks; ++b) combine(total, partials[b]);
@@ -966,7 +967,8 @@ double stream_kernel::operator()(Arch, stream_op op, double* dst, const double* 
     case stream_op::sum:
         break;
     }
-    // Plain SIMD sum with four independent accumulators per block; block sums added in order.
+    // Plain SIMD sum with four independent accumulators per block; block sums added in order. Blocks
+    // are shared out between threads as safe_sum's are (parallel_for_balanced).
     constexpr index_t block = index_t{1} << 16;
     const index_t blocks = (n + block - 1) / block;
     auto block_sum = [&](index_t k) {
@@ -988,7 +990,7 @@ double stream_kernel::operator()(Arch, stream_op op, double* dst, const double* 
     };
     double* partial = new (std::nothrow) double[static_cast<std::size_t>(blocks > 0 ? blocks : 1)];
     if (partial == nullptr) return 0.0;
-    parallel_for(blocks, 1, block, [&](index_t k0, index_t k1) {
+    parallel_for_balanced(blocks, 2, block, [&](index_t k0, index_t k1) {
         for (index_t k = k0; k < k1; ++k) partial[k] = block_sum(k);
     });
     double total = 0.0;

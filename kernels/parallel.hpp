@@ -79,4 +79,35 @@ void parallel_for(index_t n_items, index_t grain, index_t cost_per_item, F&& f) 
     f(index_t{0}, n_items);
 }
 
+// Like parallel_for, for work whose result does not depend on which thread does which items: the
+// threads take chunks of up to max_chunk items (at least 8 chunks per thread) from a shared counter
+// as they finish the last, so a thread the host slows down (a shared or noisy machine, a slower
+// core) does less of the work instead of holding up the rest.
+template <class F>
+void parallel_for_balanced(index_t n_items, index_t max_chunk, index_t cost_per_item, F&& f) noexcept
+{
+    if (n_items <= 0) return;
+#ifdef _OPENMP
+    const int threads = (n_items * cost_per_item < serial_threshold().load(std::memory_order_relaxed) || fork_guard().serial_only.load(std::memory_order_relaxed))
+                            ? 1
+                            : static_cast<int>(std::min<index_t>(omp_get_max_threads(), n_items));
+    if (threads > 1) {
+        fork_guard().team_started.store(true, std::memory_order_relaxed);
+        const index_t chunk = std::max<index_t>(1, std::min(max_chunk, n_items / (8 * index_t{threads})));
+        std::atomic<index_t> next{0};
+#pragma omp parallel num_threads(threads)
+        for (;;) {
+            const index_t begin = next.fetch_add(chunk, std::memory_order_relaxed);
+            if (begin >= n_items) break;
+            f(begin, std::min(n_items, begin + chunk));
+        }
+        return;
+    }
+#else
+    (void)max_chunk;
+    (void)cost_per_item;
+#endif
+    f(index_t{0}, n_items);
+}
+
 }  // namespace memory_ops
