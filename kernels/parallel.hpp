@@ -1,9 +1,11 @@
-// Where the number of threads and the chunking are decided: the one OpenMP helper every kernel uses.
+// Where the number of threads and the chunking are decided: the OpenMP helpers every kernel uses.
 //
-// Work is split into one contiguous chunk per thread (a static schedule), each chunk a whole multiple
-// of `grain` items, so only the last chunk has a tail and, for grain = 64 elements, no two threads
-// write the same cache line of a 64-byte-aligned output. Below serial_threshold() elements of work
-// there is no parallel region at all.
+// parallel_for (the element-wise kernels) splits work into one contiguous chunk per thread (a static
+// schedule), each chunk a whole multiple of `grain` items, so only the last chunk has a tail and, for
+// grain = 64 elements, no two threads write the same cache line of a 64-byte-aligned output; a fresh
+// output's pages are first touched by the thread that computes them. parallel_for_balanced (the sums)
+// hands out smaller chunks as threads finish. Below serial_threshold() elements of work there is no
+// parallel region at all.
 #pragma once
 
 #include <algorithm>
