@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <new>
+#include <utility>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -228,7 +229,8 @@ void add_contiguous(T* out_t, const T* a_t, const T* b_t, index_t n, bool stream
 // to its lane, from 0. If none of these additions rounded (float_env reads the floating-point flags)
 // and the lane sums are finite, they are the lanes' exact sums and the block's value. Most data takes
 // only this: float32 values widened to float64 have 29 bits to spare, so a block whose nonzero
-// magnitudes span less than 2^20 sums exactly (a lane adds at most 512 of them). Otherwise the block
+// magnitudes span less than 2^20 sums exactly (a lane adds at most 512 of them, in rows of 16 or more
+// elements: lanes restart with each run, see for_each_run). Otherwise the block
 // is summed against an anchor, chosen from a first pass over it (float64 blocks take TwoSum; see
 // float32_block):
 //
@@ -254,7 +256,7 @@ void add_contiguous(T* out_t, const T* a_t, const T* b_t, index_t n, bool stream
 //
 // Whether a block sums plainly without rounding depends only on its data and the (simplified) layout
 // of the input: the plain additions are grouped the same way on every target, for batches and for
-// single elements alike (floating_run). So does its plan. (A block whose least nonzero |x| is a
+// single elements alike (floating_run). So does its plan. (A block whose every nonzero |x| is a
 // multiple of ulp(a) never rounds plainly: its partial sums are multiples of ulp(a) below
 // 2^51 ulp(a). The plan therefore has no such path of its own.)
 //
@@ -744,11 +746,11 @@ public:
 //
 // float32 blocks first take plain summation, the plain path's additions from 0 with no anchor and
 // no first pass: when none of them rounded (env) and the lane sums are finite, those sums are the
-// lanes' exact sums (see sum_state). The flags are read after the block's first eighth as well: a block that rounds there (wide-ranging
-// data) stops, and is read from memory about once. Otherwise the block takes its plan: pass 1, and
-// pass 2 in the same loop on the plan of the thread's last planned block if there is one
-// (`planned`, `plan`: on return the block's own); on a different plan pass 2 alone runs again
-// (compatible()). Either way the partial depends only on the block's data.
+// lanes' exact sums (see sum_state). The flags are read after the block's first eighth as well: a
+// block that rounds there (wide-ranging data) stops, and is read from memory about once. Otherwise
+// the block takes its plan: pass 1, and pass 2 in the same loop on the plan of the thread's last
+// planned block if there is one (`planned`, `plan`: on return the block's own); on a different plan
+// pass 2 alone runs again (compatible()). Either way the partial depends only on the block's data.
 //
 // Only float32 input is anchored. float64 blocks keep TwoSum, one pass: widening is free there, so
 // the sum is memory-bound already at 2^25 elements on two cores, and on heavily cancelling float64
@@ -871,27 +873,32 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
     const index_t n = elements(v);
     const index_t blocks = (n + sum_block - 1) / sum_block;
 
-    // The partials of blocks [b0, b1), in order, to emit(b, partial).
-    auto run_blocks = [&](index_t b0, index_t b1, auto&& emit) {
+    // One thread's share: the partials of the blocks in each range [b0, b1) that next(b0, b1) gives,
+    // in order, to emit(b, partial).
+    auto run_blocks = [&](auto&& next, auto&& emit) {
+        index_t b0, b1;
         if constexpr (std::is_same<T, float>::value) {
             float_env env;
             sum_plan plan;  // of the thread's last planned block
             bool planned = false;
-            for (index_t b = b0; b < b1; ++b) {
-                const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
-                emit(b, float32_block<Arch>(v, begin, end, env, planned, plan));
-            }
+            while (next(b0, b1))
+                for (index_t b = b0; b < b1; ++b) {
+                    const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
+                    emit(b, float32_block<Arch>(v, begin, end, env, planned, plan));
+                }
         } else if constexpr (std::is_same<T, double>::value) {
             float_env env;
-            for (index_t b = b0; b < b1; ++b) {
-                const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
-                emit(b, float64_block<Arch>(v, begin, end));
-            }
+            while (next(b0, b1))
+                for (index_t b = b0; b < b1; ++b) {
+                    const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
+                    emit(b, float64_block<Arch>(v, begin, end));
+                }
         } else {
-            for (index_t b = b0; b < b1; ++b) {
-                const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
-                emit(b, integer_block<Arch, T>(v, begin, end));
-            }
+            while (next(b0, b1))
+                for (index_t b = b0; b < b1; ++b) {
+                    const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
+                    emit(b, integer_block<Arch, T>(v, begin, end));
+                }
         }
     };
 
@@ -910,13 +917,19 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
     partial total{};
     partial* partials = blocks > 1 ? new (std::nothrow) partial[static_cast<std::size_t>(blocks)] : nullptr;
     if (partials == nullptr) {
-        run_blocks(0, blocks, [&](index_t, const partial& p) {
+        bool taken = false;
+        auto all = [&](index_t& b0, index_t& b1) {
+            b0 = 0;
+            b1 = blocks;
+            return !std::exchange(taken, true);
+        };
+        run_blocks(all, [&](index_t, const partial& p) {
             combine(total, p);
             settle(total);
         });
     } else {
-        parallel_for_balanced(blocks, 16, sum_block, [&](index_t b0, index_t b1) {
-            run_blocks(b0, b1, [&](index_t b, const partial& p) { partials[b] = p; });
+        parallel_for_balanced(blocks, 16, sum_block, [&](auto& next) {
+            run_blocks(next, [&](index_t b, const partial& p) { partials[b] = p; });
         });
         for (index_t b = 0; b < blocks; ++b) combine(total, partials[b]);
         delete[] partials;
@@ -990,8 +1003,10 @@ double stream_kernel::operator()(Arch, stream_op op, double* dst, const double* 
     };
     double* partial = new (std::nothrow) double[static_cast<std::size_t>(blocks > 0 ? blocks : 1)];
     if (partial == nullptr) return 0.0;
-    parallel_for_balanced(blocks, 2, block, [&](index_t k0, index_t k1) {
-        for (index_t k = k0; k < k1; ++k) partial[k] = block_sum(k);
+    parallel_for_balanced(blocks, 2, block, [&](auto& next) {
+        index_t k0, k1;
+        while (next(k0, k1))
+            for (index_t k = k0; k < k1; ++k) partial[k] = block_sum(k);
     });
     double total = 0.0;
     for (index_t k = 0; k < blocks; ++k) total += partial[k];

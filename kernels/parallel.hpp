@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <utility>
 
 #include "layout.hpp"
 
@@ -81,10 +82,11 @@ void parallel_for(index_t n_items, index_t grain, index_t cost_per_item, F&& f) 
     f(index_t{0}, n_items);
 }
 
-// Like parallel_for, for work whose result does not depend on which thread does which items: the
-// threads take chunks of up to max_chunk items (at least 8 chunks per thread) from a shared counter
-// as they finish the last, so a thread the host slows down (a shared or noisy machine, a slower
-// core) does less of the work instead of holding up the rest.
+// Like parallel_for, for work whose result does not depend on which thread does which items: each
+// thread calls f(next) once, and next(begin, end) gives it its next chunk of up to max_chunk items
+// (false when none is left), so a thread the host slows down (a shared or noisy machine, a slower
+// core) does less of the work instead of holding up the rest, and f keeps its per-thread state from
+// chunk to chunk. Chunks are cut so that each thread gets about 8 or more when there are enough items.
 template <class F>
 void parallel_for_balanced(index_t n_items, index_t max_chunk, index_t cost_per_item, F&& f) noexcept
 {
@@ -96,20 +98,27 @@ void parallel_for_balanced(index_t n_items, index_t max_chunk, index_t cost_per_
     if (threads > 1) {
         fork_guard().team_started.store(true, std::memory_order_relaxed);
         const index_t chunk = std::max<index_t>(1, std::min(max_chunk, n_items / (8 * index_t{threads})));
-        std::atomic<index_t> next{0};
+        std::atomic<index_t> counter{0};
+        auto next = [&](index_t& begin, index_t& end) noexcept {
+            begin = counter.fetch_add(chunk, std::memory_order_relaxed);
+            end = std::min(n_items, begin + chunk);
+            return begin < n_items;
+        };
 #pragma omp parallel num_threads(threads)
-        for (;;) {
-            const index_t begin = next.fetch_add(chunk, std::memory_order_relaxed);
-            if (begin >= n_items) break;
-            f(begin, std::min(n_items, begin + chunk));
-        }
+        f(next);
         return;
     }
 #else
     (void)max_chunk;
     (void)cost_per_item;
 #endif
-    f(index_t{0}, n_items);
+    bool taken = false;
+    auto all = [&](index_t& begin, index_t& end) noexcept {
+        begin = 0;
+        end = n_items;
+        return !std::exchange(taken, true);
+    };
+    f(all);
 }
 
 }  // namespace memory_ops
