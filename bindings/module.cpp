@@ -16,6 +16,7 @@
 #include "fastcall.hpp"
 #include "parallel.hpp"
 #include "op_bindings.hpp"
+#include "ops.hpp"
 
 namespace py = pybind11;
 using namespace memory_ops;
@@ -242,5 +243,11 @@ PYBIND11_MODULE(_core, m)
           "Set the operand bytes (inputs plus output) from which scale and add store their output with "
           "streaming (non-temporal) stores; returns the previous value (default: the last-level cache "
           "size). For tests and benchmarks.");
+    m.def("_sum_planned_blocks",
+          [](bool reset) { return reset ? sum_planned_blocks().exchange(0) : sum_planned_blocks().load(); },
+          py::arg("reset") = false,
+          "How many float32 blocks of 8192 elements safe_sum has summed on their plan because their "
+          "plain sum rounded, in this process (reset: return the count and start again from 0). For "
+          "tests and diagnostics.");
     m.def("_info", &build_info, "Build and run-time facts (see memory_ops.info()).");
 }

@@ -29,6 +29,7 @@
 // run time by kernels/dispatch.hpp.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -50,6 +51,14 @@ inline constexpr index_t sum_block = 8192;  // elements per independently comput
 
 template <class T>
 using sum_result_t = std::conditional_t<std::is_floating_point<T>::value, double, std::uint64_t>;
+
+// A count of the float32 sum blocks whose plain sum rounded, so that they took their plan (see
+// ops_impl.hpp, sum_state), in this process: for tests and diagnostics.
+inline std::atomic<std::uint64_t>& sum_planned_blocks() noexcept
+{
+    static std::atomic<std::uint64_t> count{0};
+    return count;
+}
 
 struct scale_kernel {
     // v: operand 0 = out, operand 1 = in, element type T. in may be out itself (same pointer and

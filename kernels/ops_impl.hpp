@@ -782,6 +782,7 @@ float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, flo
     for (double s_j : st.s) exact = exact && __builtin_isfinite(s_j);
     if (exact) return finish(st);
 
+    sum_planned_blocks().fetch_add(1, std::memory_order_relaxed);
     const bool guessed = planned;
     const sum_plan guess = guessed ? plan : sum_plan{};
     mag = magnitudes<float>();

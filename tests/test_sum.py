@@ -298,6 +298,51 @@ def test_sum_of_self_overlapping_view_counts_each_element_of_the_view():
     assert_int_sum(memory_ops.safe_sum(ints), ints)
 
 
+# ---- which float32 blocks take their plan ---------------------------------------------------------
+
+
+def _sum_and_planned_blocks(x):
+    memory_ops._core._sum_planned_blocks(reset=True)
+    s = memory_ops.safe_sum(x)
+    return s, memory_ops._core._sum_planned_blocks(reset=True)
+
+
+def test_sum_float32_blocks_spanning_less_than_2_20_sum_plainly():
+    """A float32 block whose nonzero magnitudes span less than 2^20 sums exactly with one plain
+    addition per element (no first pass, no plan); a block spanning 10^16 rounds there and takes its
+    plan. Both are within an ulp of math.fsum."""
+    rng = np.random.default_rng(31)
+    n = 40 * 8192 + 123
+    signs = rng.choice([-1.0, 1.0], n)
+    narrow = [rng.integers(-1000, 1000, n).astype(float), rng.uniform(1, 2, n) * signs,
+              np.exp2(rng.uniform(-10, 9.9, n)) * signs, np.where(rng.random(n) < 0.5, 0.0, rng.uniform(1, 2, n))]
+    for x in narrow:
+        x = x.astype(np.float32)
+        s, planned = _sum_and_planned_blocks(x)
+        assert planned == 0
+        assert_within_ulp_of_fsum(s, x)
+    wide = (rng.standard_normal(n) * 10.0 ** rng.uniform(-8, 8, n)).astype(np.float32)
+    s, planned = _sum_and_planned_blocks(wide)
+    assert planned == 41
+    assert_within_ulp_of_fsum(s, wide)
+
+
+def test_sum_float32_strided_runs_group_the_plain_sum_like_the_batches():
+    """Whether a block's plain sum rounds depends on how its additions are grouped: the batches add
+    a lane's odd groups of 16 elements into a second accumulator. Lane 0 of block 0 holds 2^53, 1
+    and -2^53 in groups 0, 1 and 2 (lane 5 of block 1 the same with 2^60 and 3): one accumulator in
+    element order rounds 2^53 + 1, the batches' two do not. Strided and unaligned runs, summed an
+    element at a time, must group the same way and so take the same path."""
+    x = np.zeros(3 * 8192, np.float32)
+    x[[0, 16, 32]] = [2.0**53, 1.0, -(2.0**53)]
+    x[[8192 + 5, 8192 + 21, 8192 + 37]] = [2.0**60, 3.0, -(2.0**60)]
+    for layout in LAYOUTS_1D:
+        view, _ = make_layout(x, layout)
+        if layout == "neg_step2":
+            continue  # reversed: other lanes, another sum
+        assert _sum_and_planned_blocks(view) == (4.0, 0), layout
+
+
 # ---- the caller's floating-point environment -------------------------------------------------------
 
 
