@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cstring>
 #include <new>
-#include <utility>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -785,7 +784,6 @@ float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, flo
     sum_planned_blocks().fetch_add(1, std::memory_order_relaxed);
     const bool guessed = planned;
     const sum_plan guess = guessed ? plan : sum_plan{};
-    mag = magnitudes<float>();
     st = sum_state<double>(guess);
     if (guessed) floating_runs<true, true, A>(v, begin, end, st, mag, guess.path);
     else floating_runs<true, false, A>(v, begin, end, st, mag, guess.path);
@@ -876,37 +874,27 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
 
     // One thread's share: the partials of the blocks in each range [b0, b1) that next(b0, b1) gives,
     // in order, to emit(b, partial).
-    auto run_blocks = [&](auto&& next, auto&& emit) {
-        index_t b0, b1;
-        if constexpr (std::is_same<T, float>::value) {
-            float_env env;
-            sum_plan plan;  // of the thread's last planned block
-            bool planned = false;
-            while (next(b0, b1))
-                for (index_t b = b0; b < b1; ++b) {
-                    const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
-                    emit(b, float32_block<Arch>(v, begin, end, env, planned, plan));
-                }
-        } else if constexpr (std::is_same<T, double>::value) {
-            float_env env;
-            while (next(b0, b1))
-                for (index_t b = b0; b < b1; ++b) {
-                    const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
-                    emit(b, float64_block<Arch>(v, begin, end));
-                }
-        } else {
-            while (next(b0, b1))
-                for (index_t b = b0; b < b1; ++b) {
-                    const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
-                    emit(b, integer_block<Arch, T>(v, begin, end));
-                }
-        }
-    };
-
     // A floating sum runs in float_env's environment on every thread, its final combination included:
     // TwoSum and extraction are error-free only in round to nearest, and subnormals must count.
     struct no_env {};
-    [[maybe_unused]] std::conditional_t<std::is_floating_point<T>::value, float_env, no_env> env;
+    using thread_env = std::conditional_t<std::is_floating_point<T>::value, float_env, no_env>;
+    [[maybe_unused]] thread_env env;
+
+    // One thread's share: the partials of the blocks in each range [b0, b1) that next(b0, b1) gives,
+    // in order, to emit(b, partial).
+    auto run_blocks = [&](auto&& next, auto&& emit) {
+        [[maybe_unused]] thread_env block_env;
+        [[maybe_unused]] sum_plan plan;  // of the thread's last planned float32 block
+        [[maybe_unused]] bool planned = false;
+        index_t b0, b1;
+        while (next(b0, b1))
+            for (index_t b = b0; b < b1; ++b) {
+                const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
+                if constexpr (std::is_same<T, float>::value) emit(b, float32_block<Arch>(v, begin, end, block_env, planned, plan));
+                else if constexpr (std::is_same<T, double>::value) emit(b, float64_block<Arch>(v, begin, end));
+                else emit(b, integer_block<Arch, T>(v, begin, end));
+            }
+    };
 
     // Block partials are combined in index order whichever thread computed them, so the result does
     // not depend on the thread count or on which thread took which blocks (parallel_for_balanced).
@@ -918,13 +906,7 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
     partial total{};
     partial* partials = blocks > 1 ? new (std::nothrow) partial[static_cast<std::size_t>(blocks)] : nullptr;
     if (partials == nullptr) {
-        bool taken = false;
-        auto all = [&](index_t& b0, index_t& b1) {
-            b0 = 0;
-            b1 = blocks;
-            return !std::exchange(taken, true);
-        };
-        run_blocks(all, [&](index_t, const partial& p) {
+        run_blocks(whole_range(blocks), [&](index_t, const partial& p) {
             combine(total, p);
             settle(total);
         });

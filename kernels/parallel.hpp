@@ -52,6 +52,30 @@ inline void on_fork_child() noexcept
     if (fork_guard().team_started.load()) fork_guard().serial_only.store(true);
 }
 
+#ifdef _OPENMP
+// The threads for `work` elements split into at most `parts` pieces: 1 below serial_threshold() or
+// in a fork child (see fork_state); otherwise as many as OpenMP allows, and the team is then noted
+// as started.
+inline int team_size(index_t work, index_t parts) noexcept
+{
+    if (work < serial_threshold().load(std::memory_order_relaxed) || fork_guard().serial_only.load(std::memory_order_relaxed))
+        return 1;
+    const int threads = static_cast<int>(std::min<index_t>(omp_get_max_threads(), parts));
+    if (threads > 1) fork_guard().team_started.store(true, std::memory_order_relaxed);
+    return threads;
+}
+#endif
+
+// A chunk source (see parallel_for_balanced) that gives [0, n_items) once.
+inline auto whole_range(index_t n_items) noexcept
+{
+    return [n_items, taken = false](index_t& begin, index_t& end) mutable noexcept {
+        begin = 0;
+        end = n_items;
+        return !std::exchange(taken, true);
+    };
+}
+
 // Calls f(begin, end) on disjoint ranges covering [0, n_items), in parallel when the work (n_items *
 // cost_per_item elements) reaches serial_threshold. Chunk boundaries are multiples of `grain`.
 // f must not throw.
@@ -61,11 +85,8 @@ void parallel_for(index_t n_items, index_t grain, index_t cost_per_item, F&& f) 
     if (n_items <= 0) return;
 #ifdef _OPENMP
     const index_t max_chunks = (n_items + grain - 1) / grain;
-    const int threads = (n_items * cost_per_item < serial_threshold().load(std::memory_order_relaxed) || fork_guard().serial_only.load(std::memory_order_relaxed))
-                            ? 1
-                            : static_cast<int>(std::min<index_t>(omp_get_max_threads(), max_chunks));
+    const int threads = team_size(n_items * cost_per_item, max_chunks);
     if (threads > 1) {
-        fork_guard().team_started.store(true, std::memory_order_relaxed);
         const index_t per_thread = (max_chunks + threads - 1) / threads * grain;
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (int t = 0; t < threads; ++t) {
@@ -92,11 +113,8 @@ void parallel_for_balanced(index_t n_items, index_t max_chunk, index_t cost_per_
 {
     if (n_items <= 0) return;
 #ifdef _OPENMP
-    const int threads = (n_items * cost_per_item < serial_threshold().load(std::memory_order_relaxed) || fork_guard().serial_only.load(std::memory_order_relaxed))
-                            ? 1
-                            : static_cast<int>(std::min<index_t>(omp_get_max_threads(), n_items));
+    const int threads = team_size(n_items * cost_per_item, n_items);
     if (threads > 1) {
-        fork_guard().team_started.store(true, std::memory_order_relaxed);
         const index_t chunk = std::max<index_t>(1, std::min(max_chunk, n_items / (8 * index_t{threads})));
         std::atomic<index_t> counter{0};
         auto next = [&](index_t& begin, index_t& end) noexcept {
@@ -112,12 +130,7 @@ void parallel_for_balanced(index_t n_items, index_t max_chunk, index_t cost_per_
     (void)max_chunk;
     (void)cost_per_item;
 #endif
-    bool taken = false;
-    auto all = [&](index_t& begin, index_t& end) noexcept {
-        begin = 0;
-        end = n_items;
-        return !std::exchange(taken, true);
-    };
+    auto all = whole_range(n_items);
     f(all);
 }
 
