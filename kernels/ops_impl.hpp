@@ -61,16 +61,25 @@ inline T add1(T a, T b) noexcept
     }
 }
 
+// Additions and subtractions as written; fma_adder (below) gives the same values on other pipes.
+struct plain_adder {
+    template <class V>
+    V operator()(V a, V b) const noexcept { return a + b; }
+    template <class V>
+    V minus(V a, V b) const noexcept { return a - b; }
+};
+
 // Knuth's TwoSum: s + x = s' + err exactly, for any magnitudes, without branches. The error goes to
-// the compensation c. Works on scalars and on xsimd batches alike.
-template <class V>
-inline void two_sum(V& s, V x, V& c) noexcept
+// the compensation c. Works on scalars and on xsimd batches alike; `plus` may move four of its seven
+// operations to other pipes.
+template <class V, class Add = plain_adder>
+inline void two_sum(V& s, V x, V& c, const Add& plus = {}) noexcept
 {
     const V t = s + x;
-    const V bp = t - s;
-    const V err = (s - (t - bp)) + (x - bp);
+    const V bp = plus.minus(t, s);
+    const V err = plus(s - (t - bp), plus.minus(x, bp));
     s = t;
-    c = c + err;
+    c = plus(c, err);
 }
 
 // Error-free extraction (Rump, Ogita and Oishi): s + x = s' + err exactly like TwoSum, with 3
@@ -449,10 +458,12 @@ inline void measure1(magnitudes<T>& mag, index_t i, const char* p) noexcept
     mag.sum[(i / sum_lanes) % 2][i % sum_lanes] += std::fabs(load1<T>(p));
 }
 
-// Additions that may issue on the multiply-add units: acc + x as fma(x, 1, acc), the same value (x * 1
-// is exact, so the fma rounds once, like the addition). Zen 4 runs additions on two pipes and
-// multiply-adds on two others; the sum kernel's additions of widened elements and of |x| otherwise
-// share the addition pipes with the widening conversions. Only for registers the target has an FMA
+// Additions that may issue on the multiply-add units: acc + x as fma(x, 1, acc) and a - b as
+// fnmadd(b, 1, a), the same values (b * 1 is exact, so the fma rounds once, like the addition). Zen 4
+// runs additions on two pipes and multiply-adds on two others; the sum kernel's additions of widened
+// elements and of |x| otherwise share the addition pipes with the widening conversions, and TwoSum's
+// seven additions would all queue on two pipes (four of them go to the multiply-add pipes: the
+// float64 sum ran 1.65x as fast on one core in L2). Only for registers the target has an FMA
 // instruction for (avx2, avx512; elsewhere a plain addition): intrinsics, as xsimd 8 has no avx512
 // fma. The 1 passes through an empty asm: GCC folds fma(x, 1, acc) back into an addition.
 #if defined(__FMA__)
@@ -464,6 +475,16 @@ inline __m256d fmadd(__m256d a, __m256d b, __m256d c) noexcept { return _mm256_f
 #if defined(__AVX512F__)
 inline __m512 fmadd(__m512 a, __m512 b, __m512 c) noexcept { return _mm512_fmadd_ps(a, b, c); }
 inline __m512d fmadd(__m512d a, __m512d b, __m512d c) noexcept { return _mm512_fmadd_pd(a, b, c); }
+#endif
+#if defined(__FMA__)
+inline __m128 fnmadd(__m128 a, __m128 b, __m128 c) noexcept { return _mm_fnmadd_ps(a, b, c); }
+inline __m128d fnmadd(__m128d a, __m128d b, __m128d c) noexcept { return _mm_fnmadd_pd(a, b, c); }
+inline __m256 fnmadd(__m256 a, __m256 b, __m256 c) noexcept { return _mm256_fnmadd_ps(a, b, c); }
+inline __m256d fnmadd(__m256d a, __m256d b, __m256d c) noexcept { return _mm256_fnmadd_pd(a, b, c); }
+#endif
+#if defined(__AVX512F__)
+inline __m512 fnmadd(__m512 a, __m512 b, __m512 c) noexcept { return _mm512_fnmadd_ps(a, b, c); }
+inline __m512d fnmadd(__m512d a, __m512d b, __m512d c) noexcept { return _mm512_fnmadd_pd(a, b, c); }
 #endif
 
 // Whether fmadd() takes B's registers. (The register type is not a template argument here: GCC warns
@@ -485,6 +506,7 @@ constexpr bool has_fmadd(long)
 template <class B, bool = has_fmadd<B>(0)>
 struct fma_adder {
     B operator()(B acc, B x) const noexcept { return acc + x; }
+    B minus(B a, B b) const noexcept { return a - b; }
 };
 
 #if defined(__FMA__) || defined(__AVX512F__)
@@ -494,6 +516,7 @@ struct fma_adder<B, true> {
     R one;
     fma_adder() noexcept : one(B(typename B::value_type(1))) { asm("" : "+v"(one)); }
     B operator()(B acc, B x) const noexcept { return B(fmadd(static_cast<R>(x), one, static_cast<R>(acc))); }
+    B minus(B a, B b) const noexcept { return B(fnmadd(static_cast<R>(b), one, static_cast<R>(a))); }
 };
 #endif
 
@@ -600,7 +623,7 @@ struct sum_batches {
                 c[k] = plus(c[k], e - (t - s[k]));
                 s[k] = t;
             }
-            else sum_step<path>(s[k], load_widened<B>(x + k * W), c[k]);
+            else two_sum(s[k], load_widened<B>(x + k * W), c[k], plus);
         }
     }
     void store(sum_state<double>& st) noexcept
@@ -613,6 +636,17 @@ struct sum_batches {
     }
 };
 
+// floating_run's stand-in for pass 1's batches when it does not measure. (An unused
+// magnitude_batches in scope costs time: with one, GCC 12 kept the TwoSum lanes' sums on the stack
+// across iterations, and the float64 sum ran at 44 GB/s on one core in L2 instead of 53.)
+template <class T>
+struct no_batches {
+    explicit no_batches(const magnitudes<T>&) noexcept {}
+    template <int>
+    void add(const T*) noexcept {}
+    void store(magnitudes<T>&) const noexcept {}
+};
+
 // Passes over one run of n elements (byte step `step`), element i into lane i % sum_lanes: pass 1
 // into mag if `measure`, pass 2 along `path` into st if `sum`. Batches of 2 * sum_lanes elements,
 // then one of sum_lanes, then scalar elements: the same operations in the same order on every target.
@@ -623,7 +657,7 @@ void floating_run(sum_state<double>& st, magnitudes<T>& mag, const char* p, inde
     if (batch_readable<T>(p, step)) {
         const T* x = reinterpret_cast<const T*>(p);
         sum_batches<path, A, T> r2(st);
-        magnitude_batches<A, T> r1(mag);
+        std::conditional_t<measure, magnitude_batches<A, T>, no_batches<T>> r1(mag);
         for (; i + 2 * sum_lanes <= n; i += 2 * sum_lanes) {
             if constexpr (sum) r2.template add<0>(x + i);
             if constexpr (measure) r1.template add<0>(x + i);
