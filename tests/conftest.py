@@ -227,3 +227,28 @@ def same_view(view, base, other_base):
     """The view of other_base (a copy of base, same layout) that `view` is of `base`."""
     offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
     return np.ndarray(view.shape, dtype=view.dtype, buffer=other_base, offset=offset, strides=view.strides)
+
+
+# ---- the calling thread's floating-point environment (tests of rounding modes, FTZ/DAZ) -----------
+
+
+def libm_or_skip():
+    """The C maths library through ctypes, for <fenv.h>'s functions (or the test is skipped)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("m")
+    lib = ctypes.CDLL(name) if name else None
+    if lib is None or not hasattr(lib, "fesetround"):
+        pytest.skip("no C99 fenv functions reachable through ctypes")
+    return lib
+
+
+# <fenv.h> on x86-64 and aarch64 Linux (glibc): rounding modes and FE_INVALID, which glibc raises
+# on x86-64 with an SSE division (FE_INEXACT it sets in the x87 status word, which the sum never
+# touches, so a wiped flag would go unseen).
+FE_ROUNDING = {
+    "x86_64": {"up": 0x800, "zero": 0xC00, "nearest": 0},
+    "aarch64": {"up": 0x400000, "zero": 0xC00000, "nearest": 0},
+}
+FE_INVALID = {"x86_64": 0x01, "aarch64": 0x01}

@@ -11,9 +11,12 @@ import pytest
 
 import memory_ops
 from conftest import (
+    FE_INVALID,
+    FE_ROUNDING,
     LAYOUTS_1D,
     TAIL_SIZES,
     idfn,
+    libm_or_skip,
     make_layout,
     nd_views,
     numpy_quiet,
@@ -346,27 +349,6 @@ def test_sum_float32_strided_runs_group_the_plain_sum_like_the_batches():
 # ---- the caller's floating-point environment -------------------------------------------------------
 
 
-def _libm():
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("m")
-    lib = ctypes.CDLL(name) if name else None
-    if lib is None or not hasattr(lib, "fesetround"):
-        pytest.skip("no C99 fenv functions reachable through ctypes")
-    return lib
-
-
-# <fenv.h> on x86-64 and aarch64 Linux (glibc): rounding modes and FE_INVALID, which glibc raises
-# on x86-64 with an SSE division (FE_INEXACT it sets in the x87 status word, which the sum never
-# touches, so a wiped flag would go unseen).
-_ROUNDING = {
-    "x86_64": {"up": 0x800, "zero": 0xC00, "nearest": 0},
-    "aarch64": {"up": 0x400000, "zero": 0xC00000, "nearest": 0},
-}
-_INVALID = {"x86_64": 0x01, "aarch64": 0x01}
-
-
 def _fenv_arrays():
     rng = np.random.default_rng(21)
     w = rng.uniform(1, 2, 30_000) * np.exp2(rng.integers(-60, 61, 30_000))
@@ -384,26 +366,26 @@ def test_sum_is_the_same_under_the_callers_rounding_mode_and_leaves_it_alone(mod
     import platform
 
     machine = platform.machine()
-    if machine not in _ROUNDING:
+    if machine not in FE_ROUNDING:
         pytest.skip(f"no <fenv.h> constants here for {machine}")
-    libm = _libm()
+    libm = libm_or_skip()
     arrays = _fenv_arrays()
     with memory_ops.threads(1):  # the calling thread sums (OpenMP workers keep their own modes)
         nearest = [memory_ops.safe_sum(a) for a in arrays]
-        invalid = _INVALID[machine]
+        invalid = FE_INVALID[machine]
         try:
             for raised in (False, True):
                 libm.feclearexcept(invalid)
                 if raised:
                     libm.feraiseexcept(invalid)
-                assert libm.fesetround(_ROUNDING[machine][mode]) == 0
+                assert libm.fesetround(FE_ROUNDING[machine][mode]) == 0
                 got = [memory_ops.safe_sum(a) for a in arrays]
-                assert libm.fegetround() == _ROUNDING[machine][mode]
+                assert libm.fegetround() == FE_ROUNDING[machine][mode]
                 assert bool(libm.fetestexcept(invalid)) == raised
-                libm.fesetround(_ROUNDING[machine]["nearest"])
+                libm.fesetround(FE_ROUNDING[machine]["nearest"])
                 assert got == nearest
         finally:
-            libm.fesetround(_ROUNDING[machine]["nearest"])
+            libm.fesetround(FE_ROUNDING[machine]["nearest"])
             libm.feclearexcept(invalid)
 
 
@@ -416,7 +398,7 @@ def test_sum_counts_subnormals_under_the_callers_flush_to_zero():
 
     if platform.machine() != "x86_64":
         pytest.skip("MXCSR is x86-64's")
-    libm = _libm()
+    libm = libm_or_skip()
     env = ctypes.create_string_buffer(32)  # sizeof(fenv_t) on x86-64 glibc
     assert libm.fegetenv(env) == 0
     mxcsr = int.from_bytes(env.raw[28:32], "little")
