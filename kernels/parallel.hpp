@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cfenv>
 #include <utility>
 
 #include "layout.hpp"
@@ -76,6 +77,55 @@ inline auto whole_range(index_t n_items) noexcept
     };
 }
 
+namespace {  // (in each translation unit its own: they are built for different instruction sets)
+
+// The calling thread's floating-point control, for the team's threads to compute under: its rounding
+// mode and, on x86, the whole MXCSR control (flush-to-zero, denormals-are-zero, exception masks). An
+// element-wise result then rounds on every thread as NumPy's single-threaded loop rounds it in the
+// calling thread; otherwise each team thread would keep whatever environment it was created with.
+// run(f) calls f under that control and gives the thread its own environment back.
+class caller_fp_control {
+#if defined(__SSE2__)
+    static constexpr unsigned flags = 0x3f;  // the MXCSR's exception flags: each thread keeps its own
+    unsigned control_;
+
+public:
+    caller_fp_control() noexcept
+    {
+        unsigned csr;
+        asm volatile("stmxcsr %0" : "=m"(csr));
+        control_ = csr & ~flags;
+    }
+    template <class F>
+    void run(F&& f) const noexcept
+    {
+        unsigned own;
+        asm volatile("stmxcsr %0" : "=m"(own));
+        const unsigned work = control_ | (own & flags);
+        asm volatile("ldmxcsr %0" : : "m"(work) : "memory");
+        f();
+        asm volatile("ldmxcsr %0" : : "m"(own) : "memory");
+    }
+#else
+    int round_;
+
+public:
+    caller_fp_control() noexcept : round_(std::fegetround()) {}
+    template <class F>
+    void run(F&& f) const noexcept
+    {
+        const int own = std::fegetround();
+        asm volatile("" : : : "memory");
+        std::fesetround(round_);
+        f();
+        asm volatile("" : : : "memory");
+        std::fesetround(own);
+    }
+#endif
+};
+
+}  // namespace
+
 // Calls f(begin, end) on disjoint ranges covering [0, n_items), in parallel when the work (n_items *
 // cost_per_item elements) reaches serial_threshold. Chunk boundaries are multiples of `grain`.
 // f must not throw.
@@ -88,11 +138,12 @@ void parallel_for(index_t n_items, index_t grain, index_t cost_per_item, F&& f) 
     const int threads = team_size(n_items * cost_per_item, max_chunks);
     if (threads > 1) {
         const index_t per_thread = (max_chunks + threads - 1) / threads * grain;
+        const caller_fp_control fp;
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (int t = 0; t < threads; ++t) {
             const index_t begin = t * per_thread;
             const index_t end = std::min(n_items, begin + per_thread);
-            if (begin < end) f(begin, end);
+            if (begin < end) fp.run([&] { f(begin, end); });
         }
         return;
     }

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 import memory_ops
-from conftest import PYTHON, SIMD_TARGETS, assert_same_array, random_values, subprocess_env
+from conftest import (
+    FE_ROUNDING,
+    PYTHON,
+    SIMD_TARGETS,
+    assert_same_array,
+    libm_or_skip,
+    random_values,
+    subprocess_env,
+)
 
 BIG = 2**20 + 3  # well past the serial threshold (2**16 elements): the parallel path runs
 
@@ -303,6 +311,79 @@ def test_safe_sum_scalar_path_equals_batch_path(restore_simd):
                 with memory_ops.threads(n):
                     assert repr(memory_ops.safe_sum(strided)) == repr(memory_ops.safe_sum(np.ascontiguousarray(strided)))
                     assert repr(memory_ops.safe_sum(unaligned)) == repr(memory_ops.safe_sum(x))
+
+
+def _elementwise_results(a, b):
+    inplace = a.copy()
+    memory_ops.scale_inplace(inplace, 3.1)
+    return [memory_ops.scale_copy(a, 3.1), memory_ops.add_arrays(a, b), inplace]
+
+
+def _numpy_results(a, b):
+    inplace = a.copy()
+    np.multiply(inplace, 3.1, out=inplace)
+    return [a * 3.1, a + b, inplace]
+
+
+@pytest.mark.parametrize("mode", ["up", "zero"])
+def test_elementwise_ops_round_in_the_callers_mode_on_every_thread(mode):
+    """NumPy computes a * f and a + b on the calling thread, in its rounding mode. The team's other
+    threads compute their chunks in that mode too, whatever environment they were created in (a
+    safe_sum just before creates them in round to nearest, its working environment)."""
+    import platform
+
+    machine = platform.machine()
+    if machine not in FE_ROUNDING:
+        pytest.skip(f"no <fenv.h> constants here for {machine}")
+    libm = libm_or_skip()
+    rng = np.random.default_rng(5)
+    with memory_ops.threads(2):
+        for dtype in (np.float64, np.float32):
+            a, b = rng.random(BIG).astype(dtype), rng.random(BIG).astype(dtype)
+            memory_ops.safe_sum(a)
+            try:
+                assert libm.fesetround(FE_ROUNDING[machine][mode]) == 0
+                expected = _numpy_results(a, b)
+                got = _elementwise_results(a, b)
+            finally:
+                libm.fesetround(FE_ROUNDING[machine]["nearest"])
+            nearest = _numpy_results(a, b)
+            assert not np.array_equal(expected[0], nearest[0])  # the mode changes results in both halves
+            assert not np.array_equal(expected[0][BIG // 2:], nearest[0][BIG // 2:])
+            for g, e in zip(got, expected):
+                assert_same_array(g, e)
+            assert libm.fegetround() == FE_ROUNDING[machine]["nearest"]
+            assert_same_array(_elementwise_results(a, b)[0], nearest[0])  # back in round to nearest, all of it
+
+
+def test_elementwise_ops_flush_subnormals_on_every_thread_when_the_caller_does():
+    """Under the calling thread's FTZ and DAZ (MXCSR bits 15 and 6, which a library built with
+    -ffast-math may set), NumPy reads subnormal inputs as zero; so do the team's threads. (glibc's
+    x86-64 fenv_t holds the MXCSR at byte 28.)"""
+    import ctypes
+    import platform
+
+    if platform.machine() != "x86_64":
+        pytest.skip("MXCSR is x86-64's")
+    libm = libm_or_skip()
+    env = ctypes.create_string_buffer(32)  # sizeof(fenv_t) on x86-64 glibc
+    assert libm.fegetenv(env) == 0
+    mxcsr = int.from_bytes(env.raw[28:32], "little")
+    rng = np.random.default_rng(6)
+    a = rng.random(BIG) * 2.0**-1030  # subnormal float64
+    b = rng.random(BIG) * 2.0**-1030
+    fast = ctypes.create_string_buffer(env.raw[:28] + (mxcsr | 0x8040).to_bytes(4, "little"))
+    with memory_ops.threads(2):
+        memory_ops.safe_sum(a)
+        try:
+            assert libm.fesetenv(fast) == 0
+            expected = _numpy_results(a, b)
+            got = _elementwise_results(a, b)
+        finally:
+            libm.fesetenv(env)
+    assert not expected[0].any()  # NumPy flushed every input to zero
+    for g, e in zip(got, expected):
+        assert_same_array(g, e)
 
 
 def test_safe_sum_bit_identical_across_processes(repo_root, determinism_data):
