@@ -105,6 +105,12 @@ is C-ordered with the input's shape. ``out`` must be a writable ndarray of the r
 shape (any strides); ``out`` may be ``input`` itself (in place) or overlap it (the answer is still
 NumPy's). Returns the result (``out`` itself when given).
 
+Every thread computes in the calling thread's rounding mode (and, on x86, its flush-to-zero and
+denormals-are-zero), and floating-point overflow, invalid operations (0 * inf) and underflow are
+reported as NumPy reports them for ``input * factor``, after the result is written: np.errstate and
+np.seterr decide (by default a RuntimeWarning for overflow and invalid, FloatingPointError under
+"raise").
+
 Raises TypeError for a non-real factor, a non-numeric input or a wrong ``out`` type/dtype;
 ValueError for a wrong ``out`` shape or a read-only ``out``.)doc";
 
@@ -117,7 +123,9 @@ Multiply ``arr`` by ``factor`` in place (``arr *= factor``); returns None.
 strides; it is never copied. Anything else raises before a byte is written: TypeError for a
 non-ndarray (a list would be converted and the copy lost), another dtype or a non-real factor,
 ValueError for a read-only array. A NumPy float64 scalar factor on a float32 array is applied in
-float64 and rounded back, as NumPy does.)doc";
+float64 and rounded back, as NumPy does. Floating-point exceptions are those of scale_copy: under
+np.errstate(over="raise") the array is already scaled when FloatingPointError is raised, as with
+NumPy's ``arr *= factor``.)doc";
 
 constexpr const char* add_arrays_doc = R"doc(add_arrays(a, b, *, out=None)
 --
@@ -127,7 +135,8 @@ Return ``a + b`` for arrays of equal shape, as a new array (or in ``out``).
 No broadcasting: different shapes raise ValueError naming both, even when the sizes agree.
 The result dtype is NumPy's; float32/float64/int32/int64 pairs run natively (integers wrap like
 NumPy's), other real dtypes are converted once as NumPy promotes them. Inputs of any strides are
-read in place. ``out`` rules are those of scale_copy.)doc";
+read in place. ``out`` rules, rounding and floating-point exceptions are those of scale_copy (the
+exceptions reported as NumPy's ``a + b`` reports them).)doc";
 
 constexpr const char* safe_sum_doc = R"doc(safe_sum(arr)
 --

@@ -3,10 +3,13 @@
 #include "op_bindings.hpp"
 
 #include <cmath>
+#include <limits>
 #include <string>
+#include <vector>
 
 #include "arrays.hpp"
 #include "dispatch.hpp"
+#include "parallel.hpp"
 
 namespace memory_ops::bind {
 
@@ -32,12 +35,41 @@ const py::handle& promotion_operand(const py::handle& original, const py::array&
     return python_scalar ? original : static_cast<const py::handle&>(converted);
 }
 
+// Reports the IEEE exceptions an element-wise kernel raised (its result: fp_exception bits) as
+// NumPy reports them for the same work done by `ufunc` ("multiply" for a * f, "add" for a + b):
+// np.errstate and np.seterr decide what happens (ignore, warn, raise FloatingPointError, call, print,
+// log), and the message is NumPy's own ("overflow encountered in multiply"). To that end it replays
+// them: one call of that NumPy ufunc on float64 operands chosen to raise exactly those exceptions.
+// (A multiply or an add never divides by zero; an add underflows only under the caller's
+// flush-to-zero, and the replay runs under it too.)
+[[gnu::cold, gnu::noinline]] void report_fp_exceptions(const char* ufunc, unsigned raised)
+{
+    const bool add = std::string(ufunc) == "add";
+    const double inf = std::numeric_limits<double>::infinity();
+    std::vector<double> x, y;
+    if (raised & fp_overflow) {
+        x.push_back(add ? 1.5e308 : 1e308);
+        y.push_back(add ? 1.5e308 : 10.0);
+    }
+    if (raised & fp_underflow) {
+        x.push_back(add ? 0x1p-1070 : 1e-300);
+        y.push_back(add ? 0x1p-1070 : 1e-300);
+    }
+    if (raised & fp_invalid) {
+        x.push_back(inf);
+        y.push_back(add ? -inf : 0.0);
+    }
+    if (!x.empty())
+        numpy().attr(ufunc)(py::array_t<double>(static_cast<py::ssize_t>(x.size()), x.data()),
+                            py::array_t<double>(static_cast<py::ssize_t>(y.size()), y.data()));
+}
+
 // The shared tail of the element-wise ops: pick where the kernel writes, make inputs that partially
 // overlap it private (NumPy does the same), run `kernel(view)` without the GIL, and deliver the
 // result in NumPy's dtype `result`, into `out` when given (and return that very object).
 template <int N, class Kernel>
-py::object elementwise(const char* op, std::array<py::array, N - 1> inputs, const py::dtype& result,
-                       native compute, const py::object& out, Kernel&& kernel)
+py::object elementwise(const char* op, const char* ufunc, std::array<py::array, N - 1> inputs,
+                       const py::dtype& result, native compute, const py::object& out, Kernel&& kernel)
 {
     native r;
     const bool has_out = !out.is_none();
@@ -56,19 +88,27 @@ py::object elementwise(const char* op, std::array<py::array, N - 1> inputs, cons
     std::array<const py::array*, N> operands{&target};
     for (int k = 1; k < N; ++k) operands[k] = &inputs[k - 1];
     const nd_view<N> view = make_view<N>(operands);
+    unsigned raised;
     {
         // Safe without the GIL: the kernel touches only the raw buffers, which `target` and `inputs`
         // keep alive until this scope ends; no Python object is used inside.
         py::gil_scoped_release nogil;
-        kernel(view);
+        raised = kernel(view);
     }
 
-    if (direct) return has_out ? out : py::object(target);
-    if (has_out) {
-        numpy().attr("copyto")(out, target, py::arg("casting") = "unsafe");
-        return out;
-    }
-    return target.attr("astype")(result);
+    auto deliver = [&]() -> py::object {
+        if (direct) return has_out ? out : py::object(target);
+        if (has_out) {
+            numpy().attr("copyto")(out, target, py::arg("casting") = "unsafe");
+            return out;
+        }
+        return target.attr("astype")(result);
+    };
+    if (raised == 0) return deliver();
+    // (The result is delivered first: NumPy, too, checks for floating-point errors after its loop.)
+    py::object delivered = deliver();
+    report_fp_exceptions(ufunc, raised);
+    return delivered;
 }
 
 }  // namespace
@@ -88,8 +128,8 @@ py::object scale_copy(const py::object& input, const py::object& factor, const p
     return visit(compute, [&](auto tag) {
         using C = typename decltype(tag)::type;
         const C f = fast ? static_cast<C>(PyFloat_AS_DOUBLE(factor.ptr())) : factor_value<C>(factor, result, compute);
-        return elementwise<2>(op, {in}, result, compute, out, [&](const nd_view<2>& v) {
-            run_kernel<scale_kernel>(tag, v, f);
+        return elementwise<2>(op, "multiply", {in}, result, compute, out, [&](const nd_view<2>& v) {
+            return run_kernel<scale_kernel>(tag, v, f);
         });
     });
 }
@@ -133,15 +173,17 @@ void scale_inplace(const py::object& arr, const py::object& factor)
     const nd_view<2> view = make_view<2>({&a, &source});
     auto run = [&](auto tag, auto f) {
         py::gil_scoped_release nogil;  // the kernel touches only a's and source's buffers, kept alive here
-        run_kernel<scale_kernel>(tag, view, f);
+        return run_kernel<scale_kernel>(tag, view, f);
     };
     const double d = fast ? PyFloat_AS_DOUBLE(factor.ptr()) : 0.0;
+    unsigned raised;
     if (t == native::f64)
-        run(type_tag<double>{}, fast ? d : factor_value<double>(factor, result, compute));
+        raised = run(type_tag<double>{}, fast ? d : factor_value<double>(factor, result, compute));
     else if (compute == native::f64)  // float32 storage, float64 arithmetic
-        run(type_tag<float>{}, factor_value<double>(factor, result, compute));
+        raised = run(type_tag<float>{}, factor_value<double>(factor, result, compute));
     else
-        run(type_tag<float>{}, fast ? static_cast<float>(d) : factor_value<float>(factor, result, compute));
+        raised = run(type_tag<float>{}, fast ? static_cast<float>(d) : factor_value<float>(factor, result, compute));
+    if (raised != 0) report_fp_exceptions("multiply", raised);
 }
 
 py::object add_arrays(const py::object& a, const py::object& b, const py::object& out)
@@ -163,8 +205,8 @@ py::object add_arrays(const py::object& a, const py::object& b, const py::object
     y = as_native(y, compute);
 
     return visit(compute, [&](auto tag) {
-        return elementwise<3>(op, {x, y}, result, compute, out, [&](const nd_view<3>& v) {
-            run_kernel<add_kernel>(tag, v);
+        return elementwise<3>(op, "add", {x, y}, result, compute, out, [&](const nd_view<3>& v) {
+            return run_kernel<add_kernel>(tag, v);
         });
     });
 }

@@ -60,18 +60,20 @@ inline std::atomic<std::uint64_t>& sum_planned_blocks() noexcept
     return count;
 }
 
+// The element-wise kernels return the floating-point exceptions they raised on any thread
+// (fp_exception bits, parallel.hpp), computing in the calling thread's floating-point control.
 struct scale_kernel {
     // v: operand 0 = out, operand 1 = in, element type T. in may be out itself (same pointer and
     // strides: in-place); any other overlap is the caller's to remove. Any strides and alignment.
     template <class Arch, class T, class C>
-    void operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) const noexcept;
+    unsigned operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) const noexcept;
 };
 
 struct add_kernel {
     // v: operand 0 = out, 1 = a, 2 = b, element type T. a and b may alias each other or be out
     // itself; no partial overlap with out. Any strides and alignment.
     template <class Arch, class T>
-    void operator()(Arch, type_tag<T>, const nd_view<3>& v) const noexcept;
+    unsigned operator()(Arch, type_tag<T>, const nd_view<3>& v) const noexcept;
 };
 
 struct sum_kernel {
@@ -96,23 +98,23 @@ struct stream_kernel {
 // Every (kernel, element type) pair that runs natively. PREFIX is `extern` for declarations, empty
 // for the explicit instantiations in each target's translation unit.
 #define MEMORY_OPS_KERNELS(PREFIX, ARCH)                                                              \
-    PREFIX template void scale_kernel::operator()<ARCH, float, float>(                               \
+    PREFIX template unsigned scale_kernel::operator()<ARCH, float, float>(                           \
         ARCH, type_tag<float>, const nd_view<2>&, float) const noexcept;                             \
-    PREFIX template void scale_kernel::operator()<ARCH, float, double>(                              \
+    PREFIX template unsigned scale_kernel::operator()<ARCH, float, double>(                          \
         ARCH, type_tag<float>, const nd_view<2>&, double) const noexcept;                            \
-    PREFIX template void scale_kernel::operator()<ARCH, double, double>(                             \
+    PREFIX template unsigned scale_kernel::operator()<ARCH, double, double>(                         \
         ARCH, type_tag<double>, const nd_view<2>&, double) const noexcept;                           \
-    PREFIX template void scale_kernel::operator()<ARCH, std::int32_t, std::int32_t>(                 \
+    PREFIX template unsigned scale_kernel::operator()<ARCH, std::int32_t, std::int32_t>(             \
         ARCH, type_tag<std::int32_t>, const nd_view<2>&, std::int32_t) const noexcept;               \
-    PREFIX template void scale_kernel::operator()<ARCH, std::int64_t, std::int64_t>(                 \
+    PREFIX template unsigned scale_kernel::operator()<ARCH, std::int64_t, std::int64_t>(             \
         ARCH, type_tag<std::int64_t>, const nd_view<2>&, std::int64_t) const noexcept;               \
-    PREFIX template void add_kernel::operator()<ARCH, float>(ARCH, type_tag<float>,                  \
+    PREFIX template unsigned add_kernel::operator()<ARCH, float>(ARCH, type_tag<float>,              \
                                                              const nd_view<3>&) const noexcept;      \
-    PREFIX template void add_kernel::operator()<ARCH, double>(ARCH, type_tag<double>,                \
+    PREFIX template unsigned add_kernel::operator()<ARCH, double>(ARCH, type_tag<double>,            \
                                                               const nd_view<3>&) const noexcept;     \
-    PREFIX template void add_kernel::operator()<ARCH, std::int32_t>(                                 \
+    PREFIX template unsigned add_kernel::operator()<ARCH, std::int32_t>(                             \
         ARCH, type_tag<std::int32_t>, const nd_view<3>&) const noexcept;                             \
-    PREFIX template void add_kernel::operator()<ARCH, std::int64_t>(                                 \
+    PREFIX template unsigned add_kernel::operator()<ARCH, std::int64_t>(                             \
         ARCH, type_tag<std::int64_t>, const nd_view<3>&) const noexcept;                             \
     PREFIX template double sum_kernel::operator()<ARCH, float>(ARCH, type_tag<float>,                \
                                                                const nd_view<1>&) const noexcept;    \

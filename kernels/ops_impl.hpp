@@ -867,10 +867,10 @@ std::uint64_t integer_block(const nd_view<1>& v, index_t begin, index_t end) noe
 // ---- the functors -----------------------------------------------------------------------------
 
 template <class Arch, class T, class C>
-void scale_kernel::operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) const noexcept
+unsigned scale_kernel::operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) const noexcept
 {
     const bool stream = v.data[0] != v.data[1] && stream_output(2 * elements(v) * index_t{sizeof(T)});
-    parallel_for(elements(v), element_grain, 1, [&](index_t begin, index_t end) {
+    return parallel_for(elements(v), element_grain, 1, [&](index_t begin, index_t end) {
         for_each_run(v, begin, end, [&](char* const* p, index_t n, const index_t* step) {
             scale_run<Arch, T, C>(p[0], p[1], n, step[0], step[1], factor, stream);
         });
@@ -878,12 +878,12 @@ void scale_kernel::operator()(Arch, type_tag<T>, const nd_view<2>& v, C factor) 
 }
 
 template <class Arch, class T>
-void add_kernel::operator()(Arch, type_tag<T>, const nd_view<3>& v) const noexcept
+unsigned add_kernel::operator()(Arch, type_tag<T>, const nd_view<3>& v) const noexcept
 {
     // (a + a reads one array: two operands of footprint, not three)
     const index_t operands = v.data[1] == v.data[2] ? 2 : 3;
     const bool stream = v.data[0] != v.data[1] && v.data[0] != v.data[2] && stream_output(operands * elements(v) * index_t{sizeof(T)});
-    parallel_for(elements(v), element_grain, 1, [&](index_t begin, index_t end) {
+    return parallel_for(elements(v), element_grain, 1, [&](index_t begin, index_t end) {
         for_each_run(v, begin, end, [&](char* const* p, index_t n, const index_t* step) {
             constexpr index_t size = sizeof(T);
             bool aligned = true;

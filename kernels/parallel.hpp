@@ -77,81 +77,137 @@ inline auto whole_range(index_t n_items) noexcept
     };
 }
 
+// The IEEE exceptions an element-wise kernel raised on any of its threads, as these bits
+// (parallel_for's result), for the bindings to report as NumPy's ufuncs do (np.errstate).
+enum fp_exception : unsigned { fp_invalid = 1, fp_divide_by_zero = 2, fp_overflow = 4, fp_underflow = 8 };
+
 namespace {  // (in each translation unit its own: they are built for different instruction sets)
 
-// The calling thread's floating-point control, for the team's threads to compute under: its rounding
-// mode and, on x86, the whole MXCSR control (flush-to-zero, denormals-are-zero, exception masks). An
-// element-wise result then rounds on every thread as NumPy's single-threaded loop rounds it in the
-// calling thread; otherwise each team thread would keep whatever environment it was created with.
-// run(f) calls f under that control and gives the thread its own environment back.
-class caller_fp_control {
-#if defined(__SSE2__)
-    static constexpr unsigned flags = 0x3f;  // the MXCSR's exception flags: each thread keeps its own
-    unsigned control_;
+// The floating-point environment of an element-wise kernel call. Every thread computes its chunk in
+// the calling thread's control: its rounding mode and, on x86, the whole MXCSR control (flush-to-zero,
+// denormals-are-zero, exception masks). A result then rounds on every thread as NumPy's
+// single-threaded loop rounds it in the calling thread; otherwise each team thread would keep the
+// environment it was created with. The floating-point exceptions (invalid, divide by zero, overflow,
+// underflow) raised on any thread are collected: raised().
+//   run_here(f), on the calling thread: f with those four exception flags clear (they usually are;
+// the flags are written only when they are not, or when f raised one), and the thread's flags as
+// they were afterwards (inexact and denormal-operand excepted: f may add those).
+//   run(f), on a team thread: f in the calling thread's control with the flags clear, and the
+// thread's own environment back afterwards.
+class kernel_fp_env {
+    std::atomic<unsigned> raised_{0};
 
-public:
-    caller_fp_control() noexcept
+    void add(bool invalid, bool divide, bool overflow, bool underflow) noexcept
+    {
+        const unsigned e = (invalid ? fp_invalid : 0u) | (divide ? fp_divide_by_zero : 0u) |
+                           (overflow ? fp_overflow : 0u) | (underflow ? fp_underflow : 0u);
+        if (e != 0) raised_.fetch_or(e, std::memory_order_relaxed);
+    }
+#if defined(__SSE2__)
+    static constexpr unsigned flags = 0x3f;       // the MXCSR's exception flags
+    static constexpr unsigned exceptions = 0x1d;  // invalid 0x01, divide 0x04, overflow 0x08, underflow 0x10
+    unsigned caller_;
+
+    static unsigned read() noexcept
     {
         unsigned csr;
-        asm volatile("stmxcsr %0" : "=m"(csr));
-        control_ = csr & ~flags;
+        asm volatile("stmxcsr %0" : "=m"(csr) : : "memory");
+        return csr;
     }
-    template <class F>
-    void run(F&& f) const noexcept
-    {
-        unsigned own;
-        asm volatile("stmxcsr %0" : "=m"(own));
-        const unsigned work = control_ | (own & flags);
-        asm volatile("ldmxcsr %0" : : "m"(work) : "memory");
-        f();
-        asm volatile("ldmxcsr %0" : : "m"(own) : "memory");
-    }
-#else
-    int round_;
+    static void write(unsigned csr) noexcept { asm volatile("ldmxcsr %0" : : "m"(csr) : "memory"); }
+    void add(unsigned csr) noexcept { add(csr & 0x01, csr & 0x04, csr & 0x08, csr & 0x10); }
 
 public:
-    caller_fp_control() noexcept : round_(std::fegetround()) {}
+    kernel_fp_env() noexcept : caller_(read()) {}
     template <class F>
-    void run(F&& f) const noexcept
+    void run_here(F&& f) noexcept
     {
-        const int own = std::fegetround();
+        const unsigned stale = caller_ & exceptions;
+        if (stale) write(caller_ & ~exceptions);
+        f();
+        const unsigned csr = read();
+        add(csr);
+        if (stale || (csr & exceptions)) write(caller_ | (csr & flags & ~exceptions));
+    }
+    template <class F>
+    void run(F&& f) noexcept
+    {
+        const unsigned own = read();
+        write(caller_ & ~flags);
+        f();
+        const unsigned csr = read();
+        write(own);
+        add(csr);
+    }
+#else
+    std::fenv_t caller_;
+    int round_;
+
+    void add(int e) noexcept { add(e & FE_INVALID, e & FE_DIVBYZERO, e & FE_OVERFLOW, e & FE_UNDERFLOW); }
+
+public:
+    kernel_fp_env() noexcept : round_(std::fegetround()) { std::fegetenv(&caller_); }
+    template <class F>
+    void run_here(F&& f) noexcept
+    {
+        constexpr int exceptions = FE_INVALID | FE_DIVBYZERO | FE_OVERFLOW | FE_UNDERFLOW;
+        std::feclearexcept(exceptions);
         asm volatile("" : : : "memory");
-        std::fesetround(round_);
         f();
         asm volatile("" : : : "memory");
-        std::fesetround(own);
+        add(std::fetestexcept(exceptions));
+        std::fesetenv(&caller_);
+    }
+    template <class F>
+    void run(F&& f) noexcept
+    {
+        std::fenv_t own;
+        std::fegetenv(&own);
+        std::fesetround(round_);
+        std::feclearexcept(FE_ALL_EXCEPT);
+        asm volatile("" : : : "memory");
+        f();
+        asm volatile("" : : : "memory");
+        add(std::fetestexcept(FE_ALL_EXCEPT));
+        std::fesetenv(&own);
     }
 #endif
+    unsigned raised() const noexcept { return raised_.load(std::memory_order_relaxed); }
 };
 
 }  // namespace
 
 // Calls f(begin, end) on disjoint ranges covering [0, n_items), in parallel when the work (n_items *
-// cost_per_item elements) reaches serial_threshold. Chunk boundaries are multiples of `grain`.
-// f must not throw.
+// cost_per_item elements) reaches serial_threshold. Chunk boundaries are multiples of `grain`. Every
+// thread runs f in the calling thread's floating-point control; returns the floating-point
+// exceptions f raised on any thread (fp_exception bits; see kernel_fp_env). f must not throw.
 template <class F>
-void parallel_for(index_t n_items, index_t grain, index_t cost_per_item, F&& f) noexcept
+unsigned parallel_for(index_t n_items, index_t grain, index_t cost_per_item, F&& f) noexcept
 {
-    if (n_items <= 0) return;
+    if (n_items <= 0) return 0;
+    kernel_fp_env fp;
 #ifdef _OPENMP
     const index_t max_chunks = (n_items + grain - 1) / grain;
     const int threads = team_size(n_items * cost_per_item, max_chunks);
     if (threads > 1) {
         const index_t per_thread = (max_chunks + threads - 1) / threads * grain;
-        const caller_fp_control fp;
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (int t = 0; t < threads; ++t) {
             const index_t begin = t * per_thread;
             const index_t end = std::min(n_items, begin + per_thread);
-            if (begin < end) fp.run([&] { f(begin, end); });
+            if (begin < end) {
+                if (omp_get_thread_num() == 0) fp.run_here([&] { f(begin, end); });
+                else fp.run([&] { f(begin, end); });
+            }
         }
-        return;
+        return fp.raised();
     }
 #else
     (void)grain;
     (void)cost_per_item;
 #endif
-    f(index_t{0}, n_items);
+    fp.run_here([&] { f(index_t{0}, n_items); });
+    return fp.raised();
 }
 
 // Like parallel_for, for work whose result does not depend on which thread does which items: each

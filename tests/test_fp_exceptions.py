@@ -1,0 +1,147 @@
+"""Floating-point exceptions (overflow, invalid, underflow) of scale and add, reported as NumPy reports
+them for a * f and a + b: np.errstate decides (ignore, warn, raise, call), the messages are NumPy's,
+and the exceptions of every thread count, not only the calling thread's."""
+
+import platform
+
+import numpy as np
+import pytest
+
+import memory_ops
+from conftest import assert_same_array, libm_or_skip
+
+BIG = 2**20 + 3  # past the serial threshold: with 2 threads the last element is the team thread's
+
+OPS = ["scale_copy", "scale_copy_out", "scale_inplace", "add_arrays", "add_arrays_out"]
+
+
+def _case(op, kind, dtype, n):
+    """(ours, numpy): two calls doing op on fresh copies of the same data, where the last element
+    raises `kind` (the others are ordinary)."""
+    info = np.finfo(dtype)
+    a = np.full(n, 1.5, dtype)
+    b = np.full(n, 0.25, dtype)
+    f = 2.0
+    if kind == "over":
+        a[-1] = b[-1] = info.max
+    elif kind == "invalid":
+        a[-1], b[-1] = np.inf, -np.inf
+        if op.startswith("scale"):
+            a[:], f = 0.0, np.inf  # 0 * inf
+            a[:-1] = 1.5
+    elif kind == "under":
+        a[-1] = info.smallest_normal
+        f = 0.3 if op.startswith("scale") else f  # a subnormal, inexact product
+
+    def run(library):
+        x, y = a.copy(), b.copy()
+        if op == "scale_copy":
+            return memory_ops.scale_copy(x, f) if library == "ours" else x * f
+        if op == "scale_copy_out":
+            out = np.empty_like(x)
+            return memory_ops.scale_copy(x, f, out=out) if library == "ours" else np.multiply(x, f, out=out)
+        if op == "scale_inplace":
+            if library == "ours":
+                memory_ops.scale_inplace(x, f)
+            else:
+                x *= f
+            return x
+        if op == "add_arrays":
+            return memory_ops.add_arrays(x, y) if library == "ours" else x + y
+        out = np.empty_like(x)
+        return memory_ops.add_arrays(x, y, out=out) if library == "ours" else np.add(x, y, out=out)
+
+    return (lambda: run("ours")), (lambda: run("numpy"))
+
+
+def _messages(record):
+    return [(w.category, str(w.message)) for w in record]
+
+
+@pytest.mark.parametrize("n", [16, BIG])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["over", "invalid"])
+@pytest.mark.parametrize("op", OPS)
+def test_exceptions_warn_like_numpy(op, kind, dtype, n, nthreads):
+    ours, numpys = _case(op, kind, dtype, n)
+    with pytest.warns(RuntimeWarning) as expected_warnings:
+        expected = numpys()
+    with pytest.warns(RuntimeWarning) as got_warnings:
+        got = ours()
+    assert _messages(got_warnings) == _messages(expected_warnings)
+    assert_same_array(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["over", "invalid"])
+@pytest.mark.parametrize("op", OPS)
+def test_exceptions_raise_like_numpy_under_errstate_raise(op, kind, dtype):
+    ours, numpys = _case(op, kind, dtype, BIG)
+    with memory_ops.threads(2), np.errstate(all="raise"):
+        with pytest.raises(FloatingPointError) as expected:
+            numpys()
+        with pytest.raises(FloatingPointError) as got:
+            ours()
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_exceptions_reach_the_errcall_like_numpy(op):
+    ours, numpys = _case(op, "over", np.float64, BIG)
+    calls = {"numpy": [], "ours": []}
+    for library, run in (("numpy", numpys), ("ours", ours)):
+        with memory_ops.threads(2), np.errstate(all="call", call=lambda *args, _l=library: calls[_l].append(args)):
+            run()
+    assert calls["ours"] == calls["numpy"]
+    assert len(calls["ours"]) == 1
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_ignored_exceptions_stay_silent(op, nthreads):
+    # (pytest turns any warning into an error here)
+    for kind in ("over", "invalid"):
+        ours, numpys = _case(op, kind, np.float64, BIG)
+        with np.errstate(all="ignore"):
+            assert_same_array(ours(), numpys())
+
+
+@pytest.mark.parametrize("op", ["scale_copy", "scale_inplace"])
+def test_underflow_is_ignored_by_default_and_warns_when_asked(op, nthreads):
+    ours, numpys = _case(op, "under", np.float64, BIG)
+    assert_same_array(ours(), numpys())  # NumPy's default ignores underflow
+    with np.errstate(under="warn"):
+        with pytest.warns(RuntimeWarning) as expected_warnings:
+            numpys()
+        with pytest.warns(RuntimeWarning) as got_warnings:
+            ours()
+    assert _messages(got_warnings) == _messages(expected_warnings)
+    assert "underflow" in str(got_warnings[0].message)
+
+
+def test_only_the_kernels_own_exceptions_count_and_the_callers_flags_survive():
+    """Overflow and invalid flags the calling thread raised before are not the kernel's (no warning),
+    and the thread still has them afterwards. (They are set in the MXCSR, through fesetenv: glibc's
+    x86-64 fenv_t holds it at byte 28; feraiseexcept would raise them in the x87 unit.)"""
+    import ctypes
+
+    if platform.machine() != "x86_64":
+        pytest.skip("MXCSR is x86-64's")
+    libm = libm_or_skip()
+    env = ctypes.create_string_buffer(32)  # sizeof(fenv_t) on x86-64 glibc
+    assert libm.fegetenv(env) == 0
+    mxcsr = int.from_bytes(env.raw[28:32], "little")
+    stale = ctypes.create_string_buffer(env.raw[:28] + (mxcsr | 0x09).to_bytes(4, "little"))  # invalid, overflow
+    a = np.full(BIG, 1.5)
+    for n in (16, BIG):
+        for threads in (1, 2):
+            assert libm.fesetenv(stale) == 0
+            try:
+                with memory_ops.threads(threads):
+                    got = [memory_ops.scale_copy(a[:n], 2.0), memory_ops.add_arrays(a[:n], a[:n])]
+                after = ctypes.create_string_buffer(32)
+                libm.fegetenv(after)
+            finally:
+                libm.fesetenv(env)
+            assert int.from_bytes(after.raw[28:32], "little") & 0x09 == 0x09
+            assert_same_array(got[0], a[:n] * 2.0)
+            assert_same_array(got[1], a[:n] + a[:n])
