@@ -35,16 +35,21 @@ const py::handle& promotion_operand(const py::handle& original, const py::array&
     return python_scalar ? original : static_cast<const py::handle&>(converted);
 }
 
+// The NumPy ufunc an element-wise op's work is: its floating-point exceptions are reported as
+// NumPy's ufunc reports them.
+enum class ufunc { multiply, add };
+
 // Reports the IEEE exceptions an element-wise kernel raised (its result: fp_exception bits) as
-// NumPy reports them for the same work done by `ufunc` ("multiply" for a * f, "add" for a + b):
-// np.errstate and np.seterr decide what happens (ignore, warn, raise FloatingPointError, call, print,
-// log), and the message is NumPy's own ("overflow encountered in multiply"). To that end it replays
-// them: one call of that NumPy ufunc on float64 operands chosen to raise exactly those exceptions.
-// (A multiply or an add never divides by zero; an add underflows only under the caller's
-// flush-to-zero, and the replay runs under it too.)
-[[gnu::cold, gnu::noinline]] void report_fp_exceptions(const char* ufunc, unsigned raised)
+// NumPy reports them for the same work by `u` (a * f, a + b): np.errstate and np.seterr decide what
+// happens (ignore, warn, raise FloatingPointError, call, print, log), and the message is NumPy's own
+// ("overflow encountered in multiply"). To that end it replays them: one call of that NumPy ufunc on
+// float64 operands chosen to raise exactly those exceptions, under the calling thread's control the
+// kernel ran under. (A multiply or an add never divides by zero. An add underflows only when
+// flush-to-zero flushes a subnormal sum: its replay adds two normal numbers whose exact sum is
+// 2^-1074, flushed, and flagged, under FTZ whether or not DAZ is set too.)
+[[gnu::cold, gnu::noinline]] void report_fp_exceptions(ufunc u, unsigned raised)
 {
-    const bool add = std::string(ufunc) == "add";
+    const bool add = u == ufunc::add;
     const double inf = std::numeric_limits<double>::infinity();
     std::vector<double> x, y;
     if (raised & fp_overflow) {
@@ -52,23 +57,23 @@ const py::handle& promotion_operand(const py::handle& original, const py::array&
         y.push_back(add ? 1.5e308 : 10.0);
     }
     if (raised & fp_underflow) {
-        x.push_back(add ? 0x1p-1070 : 1e-300);
-        y.push_back(add ? 0x1p-1070 : 1e-300);
+        x.push_back(add ? 0x1.0000000000001p-1022 : 1e-300);
+        y.push_back(add ? -0x1p-1022 : 1e-300);
     }
     if (raised & fp_invalid) {
         x.push_back(inf);
         y.push_back(add ? -inf : 0.0);
     }
     if (!x.empty())
-        numpy().attr(ufunc)(py::array_t<double>(static_cast<py::ssize_t>(x.size()), x.data()),
-                            py::array_t<double>(static_cast<py::ssize_t>(y.size()), y.data()));
+        numpy().attr(add ? "add" : "multiply")(py::array_t<double>(static_cast<py::ssize_t>(x.size()), x.data()),
+                                                py::array_t<double>(static_cast<py::ssize_t>(y.size()), y.data()));
 }
 
 // The shared tail of the element-wise ops: pick where the kernel writes, make inputs that partially
 // overlap it private (NumPy does the same), run `kernel(view)` without the GIL, and deliver the
 // result in NumPy's dtype `result`, into `out` when given (and return that very object).
 template <int N, class Kernel>
-py::object elementwise(const char* op, const char* ufunc, std::array<py::array, N - 1> inputs,
+py::object elementwise(const char* op, ufunc u, std::array<py::array, N - 1> inputs,
                        const py::dtype& result, native compute, const py::object& out, Kernel&& kernel)
 {
     native r;
@@ -107,7 +112,7 @@ py::object elementwise(const char* op, const char* ufunc, std::array<py::array, 
     if (raised == 0) return deliver();
     // (The result is delivered first: NumPy, too, checks for floating-point errors after its loop.)
     py::object delivered = deliver();
-    report_fp_exceptions(ufunc, raised);
+    report_fp_exceptions(u, raised);
     return delivered;
 }
 
@@ -128,7 +133,7 @@ py::object scale_copy(const py::object& input, const py::object& factor, const p
     return visit(compute, [&](auto tag) {
         using C = typename decltype(tag)::type;
         const C f = fast ? static_cast<C>(PyFloat_AS_DOUBLE(factor.ptr())) : factor_value<C>(factor, result, compute);
-        return elementwise<2>(op, "multiply", {in}, result, compute, out, [&](const nd_view<2>& v) {
+        return elementwise<2>(op, ufunc::multiply, {in}, result, compute, out, [&](const nd_view<2>& v) {
             return run_kernel<scale_kernel>(tag, v, f);
         });
     });
@@ -183,7 +188,7 @@ void scale_inplace(const py::object& arr, const py::object& factor)
         raised = run(type_tag<float>{}, factor_value<double>(factor, result, compute));
     else
         raised = run(type_tag<float>{}, fast ? static_cast<float>(d) : factor_value<float>(factor, result, compute));
-    if (raised != 0) report_fp_exceptions("multiply", raised);
+    if (raised != 0) report_fp_exceptions(ufunc::multiply, raised);
 }
 
 py::object add_arrays(const py::object& a, const py::object& b, const py::object& out)
@@ -205,7 +210,7 @@ py::object add_arrays(const py::object& a, const py::object& b, const py::object
     y = as_native(y, compute);
 
     return visit(compute, [&](auto tag) {
-        return elementwise<3>(op, "add", {x, y}, result, compute, out, [&](const nd_view<3>& v) {
+        return elementwise<3>(op, ufunc::add, {x, y}, result, compute, out, [&](const nd_view<3>& v) {
             return run_kernel<add_kernel>(tag, v);
         });
     });

@@ -6,9 +6,11 @@
 //   sum:    sum over i of in[i]
 //
 // Numerics. scale and add are one IEEE operation per element in the operand order NumPy uses
-// (in * factor, a + b), with no fused multiply-add and no flush-to-zero, so results equal NumPy's bit
-// for bit: NaN, +-inf, -0.0 and subnormals included. Integer scale and add wrap modulo 2^bits, as
-// NumPy does. The floating sum accumulates in float64 (float32 input is widened exactly) in sum_lanes
+// (in * factor, a + b), with no fused multiply-add, on every thread in the calling thread's
+// floating-point control (rounding mode; on x86 also flush-to-zero and denormals-are-zero), so
+// results equal NumPy's bit for bit: NaN, +-inf, -0.0 and subnormals included. They return the
+// floating-point exceptions they raised (parallel.hpp, fp_exception), which the bindings report as
+// NumPy does. Integer scale and add wrap modulo 2^bits, as NumPy does. The floating sum accumulates in float64 (float32 input is widened exactly) in sum_lanes
 // independent lanes per block of sum_block elements; blocks are combined in index order. float64
 // blocks are compensated with Knuth's TwoSum (6 additions per element plus one into the
 // compensation). A float32 block is first summed plainly, one addition per element; when the
@@ -60,8 +62,6 @@ inline std::atomic<std::uint64_t>& sum_planned_blocks() noexcept
     return count;
 }
 
-// The element-wise kernels return the floating-point exceptions they raised on any thread
-// (fp_exception bits, parallel.hpp), computing in the calling thread's floating-point control.
 struct scale_kernel {
     // v: operand 0 = out, operand 1 = in, element type T. in may be out itself (same pointer and
     // strides: in-place); any other overlap is the caller's to remove. Any strides and alignment.

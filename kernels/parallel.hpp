@@ -84,14 +84,17 @@ enum fp_exception : unsigned { fp_invalid = 1, fp_divide_by_zero = 2, fp_overflo
 namespace {  // (in each translation unit its own: they are built for different instruction sets)
 
 // The floating-point environment of an element-wise kernel call. Every thread computes its chunk in
-// the calling thread's control: its rounding mode and, on x86, the whole MXCSR control (flush-to-zero,
-// denormals-are-zero, exception masks). A result then rounds on every thread as NumPy's
+// the calling thread's control: on x86 the whole MXCSR control (rounding mode, flush-to-zero,
+// denormals-are-zero, exception masks), elsewhere the C fenv environment (glibc's aarch64 one holds
+// the FPCR, flush-to-zero included). A result then rounds on every thread as NumPy's
 // single-threaded loop rounds it in the calling thread; otherwise each team thread would keep the
 // environment it was created with. The floating-point exceptions (invalid, divide by zero, overflow,
 // underflow) raised on any thread are collected: raised().
-//   run_here(f), on the calling thread: f with those four exception flags clear (they usually are;
-// the flags are written only when they are not, or when f raised one), and the thread's flags as
-// they were afterwards (inexact and denormal-operand excepted: f may add those).
+//   run_here(f), on the calling thread: f with those four exception flags clear (on x86 they usually
+// are, and the MXCSR is written only when they are not or when f raised one), and the thread's flags
+// as they were afterwards (inexact and denormal-operand excepted: f may add those). (When the
+// bindings then report exceptions, NumPy's ufunc that reports them clears the flags, as a NumPy
+// operation would.)
 //   run(f), on a team thread: f in the calling thread's control with the flags clear, and the
 // thread's own environment back afterwards.
 class kernel_fp_env {
@@ -141,12 +144,11 @@ public:
     }
 #else
     std::fenv_t caller_;
-    int round_;
 
     void add(int e) noexcept { add(e & FE_INVALID, e & FE_DIVBYZERO, e & FE_OVERFLOW, e & FE_UNDERFLOW); }
 
 public:
-    kernel_fp_env() noexcept : round_(std::fegetround()) { std::fegetenv(&caller_); }
+    kernel_fp_env() noexcept { std::fegetenv(&caller_); }
     template <class F>
     void run_here(F&& f) noexcept
     {
@@ -163,7 +165,7 @@ public:
     {
         std::fenv_t own;
         std::fegetenv(&own);
-        std::fesetround(round_);
+        std::fesetenv(&caller_);  // (on aarch64 glibc: FPCR, flush-to-zero included, and FPSR)
         std::feclearexcept(FE_ALL_EXCEPT);
         asm volatile("" : : : "memory");
         f();

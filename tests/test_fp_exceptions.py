@@ -58,6 +58,109 @@ def _messages(record):
     return [(w.category, str(w.message)) for w in record]
 
 
+def _two_kinds(op):
+    """(ours, numpy) for op on 2 threads where the first element overflows (in the calling thread's
+    chunk) and the last raises another exception in the team thread's chunk: underflow for scale
+    (the smallest subnormal times 1.5), invalid for add (inf + -inf)."""
+    a = np.full(BIG, 1.5)
+    b = np.full(BIG, 0.25)
+    a[0] = b[0] = np.finfo(np.float64).max
+    if op.startswith("scale"):
+        a[-1] = np.finfo(np.float64).smallest_subnormal
+    else:
+        a[-1], b[-1] = np.inf, -np.inf
+
+    def run(library):
+        x, y = a.copy(), b.copy()
+        ours = library == "ours"
+        if op == "scale_copy":
+            return memory_ops.scale_copy(x, 1.5) if ours else x * 1.5
+        if op == "scale_inplace":
+            if ours:
+                memory_ops.scale_inplace(x, 1.5)
+            else:
+                x *= 1.5
+            return x
+        return memory_ops.add_arrays(x, y) if ours else x + y
+
+    return (lambda: run("ours")), (lambda: run("numpy"))
+
+
+@pytest.mark.parametrize("policy", ["warn", "raise", "call"])
+@pytest.mark.parametrize("op", ["scale_copy", "scale_inplace", "add_arrays"])
+def test_exceptions_of_both_threads_are_reported_together_in_numpy_s_order(op, policy):
+    ours, numpys = _two_kinds(op)
+    reported = {}
+    for library, run in (("numpy", numpys), ("ours", ours)):
+        calls = []
+        with memory_ops.threads(2), np.errstate(all=policy, call=lambda *args: calls.append(args)):
+            if policy == "warn":
+                with pytest.warns(RuntimeWarning) as record:
+                    run()
+                reported[library] = _messages(record)
+            elif policy == "raise":
+                with pytest.raises(FloatingPointError) as raised:
+                    run()
+                reported[library] = str(raised.value)
+            else:
+                run()
+                reported[library] = calls
+    assert reported["ours"] == reported["numpy"]
+    if policy != "raise":
+        assert len(reported["ours"]) == 2
+
+
+@pytest.mark.parametrize("op", ["scale_copy_out", "scale_inplace", "add_arrays_out"])
+def test_under_errstate_raise_the_output_is_already_written_as_numpy_s_is(op):
+    a = np.full(BIG, 1.5)
+    a[-1] = np.finfo(np.float64).max
+    written = {}
+    for library in ("numpy", "ours"):
+        ours = library == "ours"
+        x, out = a.copy(), np.zeros(BIG)
+        with memory_ops.threads(2), np.errstate(over="raise"), pytest.raises(FloatingPointError):
+            if op == "scale_copy_out":
+                memory_ops.scale_copy(x, 4.0, out=out) if ours else np.multiply(x, 4.0, out=out)
+            elif op == "scale_inplace":
+                memory_ops.scale_inplace(x, 4.0) if ours else np.multiply(x, 4.0, out=x)
+            else:
+                memory_ops.add_arrays(x, x, out=out) if ours else np.add(x, x, out=out)
+        written[library] = x if op == "scale_inplace" else out
+    assert_same_array(written["ours"], written["numpy"])
+    assert written["ours"][0] != 0 and np.isinf(written["ours"][-1])
+
+
+def test_add_underflow_under_the_callers_flush_to_zero_is_reported_like_numpy_s():
+    """An add underflows only when flush-to-zero flushes a subnormal sum; reported so under FTZ alone
+    and under FTZ with DAZ (MXCSR bits 15 and 6; glibc's x86-64 fenv_t holds the MXCSR at byte 28)."""
+    import ctypes
+
+    if platform.machine() != "x86_64":
+        pytest.skip("MXCSR is x86-64's")
+    libm = libm_or_skip()
+    env = ctypes.create_string_buffer(32)
+    assert libm.fegetenv(env) == 0
+    mxcsr = int.from_bytes(env.raw[28:32], "little")
+    a = np.full(BIG, 1.5)
+    b = np.full(BIG, 0.25)
+    a[-1], b[-1] = float.fromhex("0x1.0000000000001p-1022"), -(2.0**-1022)  # exact sum 2^-1074
+    for bits in (0x8000, 0x8040):
+        flushing = ctypes.create_string_buffer(env.raw[:28] + (mxcsr | bits).to_bytes(4, "little"))
+        reported = {}
+        for library in ("numpy", "ours"):
+            assert libm.fesetenv(flushing) == 0
+            try:
+                with memory_ops.threads(2), np.errstate(under="warn"), pytest.warns(RuntimeWarning) as record:
+                    result = memory_ops.add_arrays(a, b) if library == "ours" else a + b
+            finally:
+                libm.fesetenv(env)
+            reported[library] = (_messages(record), result)
+        assert reported["ours"][0] == reported["numpy"][0]
+        assert "underflow" in str(reported["ours"][0][0][1])
+        assert_same_array(reported["ours"][1], reported["numpy"][1])
+        assert reported["ours"][1][-1] == 0.0  # flushed
+
+
 @pytest.mark.parametrize("n", [16, BIG])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("kind", ["over", "invalid"])
