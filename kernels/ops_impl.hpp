@@ -588,6 +588,21 @@ struct widened_batch<A, float> {
 };
 #endif
 
+// x, kept in a register: on x86 the asm keeps GCC from folding x's load into each of the operations
+// that read x. For TwoSum's two reads of each element one load ran 5-11% faster at 5M float64 (from
+// L3 and memory), and as fast on L2-resident data.
+template <class B>
+inline B loaded_once(B x) noexcept
+{
+#if defined(__SSE2__)
+    auto r = static_cast<typename B::register_type>(x);
+    asm("" : "+v"(r));
+    return B(r);
+#else
+    return x;
+#endif
+}
+
 // Pass 2 in registers, for contiguous stretches of T widened to float64: add<h>(x) takes x[0,
 // sum_lanes) into the lanes. On the plain path the odd groups of sum_lanes go to a second
 // accumulator (h = 1), merged into s by store(): two dependency chains run faster than one, and
@@ -623,7 +638,7 @@ struct sum_batches {
                 c[k] = plus(c[k], e - (t - s[k]));
                 s[k] = t;
             }
-            else two_sum(s[k], load_widened<B>(x + k * W), c[k], plus);
+            else two_sum(s[k], loaded_once(load_widened<B>(x + k * W)), c[k], plus);
         }
     }
     void store(sum_state<double>& st) noexcept
