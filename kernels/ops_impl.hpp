@@ -744,19 +744,11 @@ class float_env {
     unsigned saved_;
 
 public:
-    float_env() noexcept
-    {
-        asm volatile("stmxcsr %0" : "=m"(saved_));
-        clear();
-    }
-    ~float_env() { asm volatile("ldmxcsr %0" : : "m"(saved_) : "memory"); }
+    float_env() noexcept : saved_(mxcsr_read()) { clear(); }
+    ~float_env() { mxcsr_write(saved_); }
     float_env(const float_env&) = delete;
     float_env& operator=(const float_env&) = delete;
-    void clear() noexcept
-    {
-        const unsigned csr = working;  // (here writing the MXCSR measured cheaper than reading it)
-        asm volatile("ldmxcsr %0" : : "m"(csr) : "memory");
-    }
+    void clear() noexcept { mxcsr_write(working); }  // (writing measured cheaper than reading it)
     template <class State>
     bool exact(const State& st) const noexcept
     {

@@ -83,6 +83,19 @@ enum fp_exception : unsigned { fp_invalid = 1, fp_divide_by_zero = 2, fp_overflo
 
 namespace {  // (in each translation unit its own: they are built for different instruction sets)
 
+#if defined(__SSE2__)
+// The calling thread's MXCSR (SSE control and exception flags), read and written. The "memory"
+// clobbers keep the compiler from moving memory accesses, and so the floating-point work on them,
+// across either.
+inline unsigned mxcsr_read() noexcept
+{
+    unsigned csr;
+    asm volatile("stmxcsr %0" : "=m"(csr) : : "memory");
+    return csr;
+}
+inline void mxcsr_write(unsigned csr) noexcept { asm volatile("ldmxcsr %0" : : "m"(csr) : "memory"); }
+#endif
+
 // The floating-point environment of an element-wise kernel call. Every thread computes its chunk in
 // the calling thread's control: on x86 the whole MXCSR control (rounding mode, flush-to-zero,
 // denormals-are-zero, exception masks), elsewhere the C fenv environment (glibc's aarch64 one holds
@@ -111,35 +124,28 @@ class kernel_fp_env {
     static constexpr unsigned exceptions = 0x1d;  // invalid 0x01, divide 0x04, overflow 0x08, underflow 0x10
     unsigned caller_;
 
-    static unsigned read() noexcept
-    {
-        unsigned csr;
-        asm volatile("stmxcsr %0" : "=m"(csr) : : "memory");
-        return csr;
-    }
-    static void write(unsigned csr) noexcept { asm volatile("ldmxcsr %0" : : "m"(csr) : "memory"); }
     void add(unsigned csr) noexcept { add(csr & 0x01, csr & 0x04, csr & 0x08, csr & 0x10); }
 
 public:
-    kernel_fp_env() noexcept : caller_(read()) {}
+    kernel_fp_env() noexcept : caller_(mxcsr_read()) {}
     template <class F>
     void run_here(F&& f) noexcept
     {
         const unsigned stale = caller_ & exceptions;
-        if (stale) write(caller_ & ~exceptions);
+        if (stale) mxcsr_write(caller_ & ~exceptions);
         f();
-        const unsigned csr = read();
+        const unsigned csr = mxcsr_read();
         add(csr);
-        if (stale || (csr & exceptions)) write(caller_ | (csr & flags & ~exceptions));
+        if (stale || (csr & exceptions)) mxcsr_write(caller_ | (csr & flags & ~exceptions));
     }
     template <class F>
     void run(F&& f) noexcept
     {
-        const unsigned own = read();
-        write(caller_ & ~flags);
+        const unsigned own = mxcsr_read();
+        mxcsr_write(caller_ & ~flags);
         f();
-        const unsigned csr = read();
-        write(own);
+        const unsigned csr = mxcsr_read();
+        mxcsr_write(own);
         add(csr);
     }
 #else
