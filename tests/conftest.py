@@ -252,3 +252,33 @@ FE_ROUNDING = {
     "aarch64": {"up": 0x400000, "zero": 0xC00000, "nearest": 0},
 }
 FE_INVALID = {"x86_64": 0x01, "aarch64": 0x01}
+
+
+@contextmanager
+def mxcsr_bits_set(bits):
+    """The calling thread's MXCSR with `bits` set while the block runs, and its whole floating-point
+    environment as before afterwards (x86-64 glibc, else the test is skipped). Set through fesetenv:
+    glibc's x86-64 fenv_t holds the MXCSR at byte 28 (feraiseexcept would raise flags in the x87
+    unit instead). Yields a function that reads the thread's MXCSR."""
+    import ctypes
+    import platform
+
+    if platform.machine() != "x86_64":
+        pytest.skip("MXCSR is x86-64's")
+    libm = libm_or_skip()
+
+    def fenv():
+        env = ctypes.create_string_buffer(32)  # sizeof(fenv_t) on x86-64 glibc
+        assert libm.fegetenv(env) == 0
+        return env
+
+    def mxcsr():
+        return int.from_bytes(fenv().raw[28:32], "little")
+
+    before = fenv()
+    changed = ctypes.create_string_buffer(before.raw[:28] + (mxcsr() | bits).to_bytes(4, "little"))
+    assert libm.fesetenv(changed) == 0
+    try:
+        yield mxcsr
+    finally:
+        libm.fesetenv(before)

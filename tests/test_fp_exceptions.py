@@ -2,13 +2,11 @@
 them for a * f and a + b: np.errstate decides (ignore, warn, raise, call), the messages are NumPy's,
 and the exceptions of every thread count, not only the calling thread's."""
 
-import platform
-
 import numpy as np
 import pytest
 
 import memory_ops
-from conftest import assert_same_array, libm_or_skip
+from conftest import assert_same_array, mxcsr_bits_set
 
 BIG = 2**20 + 3  # past the serial threshold: with 2 threads the last element is the team thread's
 
@@ -132,28 +130,16 @@ def test_under_errstate_raise_the_output_is_already_written_as_numpy_s_is(op):
 
 def test_add_underflow_under_the_callers_flush_to_zero_is_reported_like_numpy_s():
     """An add underflows only when flush-to-zero flushes a subnormal sum; reported so under FTZ alone
-    and under FTZ with DAZ (MXCSR bits 15 and 6; glibc's x86-64 fenv_t holds the MXCSR at byte 28)."""
-    import ctypes
-
-    if platform.machine() != "x86_64":
-        pytest.skip("MXCSR is x86-64's")
-    libm = libm_or_skip()
-    env = ctypes.create_string_buffer(32)
-    assert libm.fegetenv(env) == 0
-    mxcsr = int.from_bytes(env.raw[28:32], "little")
+    and under FTZ with DAZ (MXCSR bits 15 and 6)."""
     a = np.full(BIG, 1.5)
     b = np.full(BIG, 0.25)
     a[-1], b[-1] = float.fromhex("0x1.0000000000001p-1022"), -(2.0**-1022)  # exact sum 2^-1074
     for bits in (0x8000, 0x8040):
-        flushing = ctypes.create_string_buffer(env.raw[:28] + (mxcsr | bits).to_bytes(4, "little"))
         reported = {}
         for library in ("numpy", "ours"):
-            assert libm.fesetenv(flushing) == 0
-            try:
-                with memory_ops.threads(2), np.errstate(under="warn"), pytest.warns(RuntimeWarning) as record:
+            with mxcsr_bits_set(bits), memory_ops.threads(2), np.errstate(under="warn"):
+                with pytest.warns(RuntimeWarning) as record:
                     result = memory_ops.add_arrays(a, b) if library == "ours" else a + b
-            finally:
-                libm.fesetenv(env)
             reported[library] = (_messages(record), result)
         assert reported["ours"][0] == reported["numpy"][0]
         assert "underflow" in str(reported["ours"][0][0][1])
@@ -223,28 +209,14 @@ def test_underflow_is_ignored_by_default_and_warns_when_asked(op, nthreads):
 
 def test_only_the_kernels_own_exceptions_count_and_the_callers_flags_survive():
     """Overflow and invalid flags the calling thread raised before are not the kernel's (no warning),
-    and the thread still has them afterwards. (They are set in the MXCSR, through fesetenv: glibc's
-    x86-64 fenv_t holds it at byte 28; feraiseexcept would raise them in the x87 unit.)"""
-    import ctypes
-
-    if platform.machine() != "x86_64":
-        pytest.skip("MXCSR is x86-64's")
-    libm = libm_or_skip()
-    env = ctypes.create_string_buffer(32)  # sizeof(fenv_t) on x86-64 glibc
-    assert libm.fegetenv(env) == 0
-    mxcsr = int.from_bytes(env.raw[28:32], "little")
-    stale = ctypes.create_string_buffer(env.raw[:28] + (mxcsr | 0x09).to_bytes(4, "little"))  # invalid, overflow
+    and the thread still has them afterwards."""
     a = np.full(BIG, 1.5)
     for n in (16, BIG):
         for threads in (1, 2):
-            assert libm.fesetenv(stale) == 0
-            try:
+            with mxcsr_bits_set(0x09) as mxcsr:  # invalid, overflow
                 with memory_ops.threads(threads):
                     got = [memory_ops.scale_copy(a[:n], 2.0), memory_ops.add_arrays(a[:n], a[:n])]
-                after = ctypes.create_string_buffer(32)
-                libm.fegetenv(after)
-            finally:
-                libm.fesetenv(env)
-            assert int.from_bytes(after.raw[28:32], "little") & 0x09 == 0x09
+                after = mxcsr()
+            assert after & 0x09 == 0x09
             assert_same_array(got[0], a[:n] * 2.0)
             assert_same_array(got[1], a[:n] + a[:n])

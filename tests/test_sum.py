@@ -18,6 +18,7 @@ from conftest import (
     idfn,
     libm_or_skip,
     make_layout,
+    mxcsr_bits_set,
     nd_views,
     numpy_quiet,
     random_values,
@@ -392,28 +393,15 @@ def test_sum_is_the_same_under_the_callers_rounding_mode_and_leaves_it_alone(mod
 def test_sum_counts_subnormals_under_the_callers_flush_to_zero():
     """A library built with -ffast-math may set FTZ and DAZ (MXCSR bits 15 and 6) for the thread:
     subnormal inputs would then read as zero. safe_sum clears both while it runs and restores the
-    caller's MXCSR. (glibc's x86-64 fenv_t holds the MXCSR at byte 28.)"""
-    import ctypes
-    import platform
-
-    if platform.machine() != "x86_64":
-        pytest.skip("MXCSR is x86-64's")
-    libm = libm_or_skip()
-    env = ctypes.create_string_buffer(32)  # sizeof(fenv_t) on x86-64 glibc
-    assert libm.fegetenv(env) == 0
-    mxcsr = int.from_bytes(env.raw[28:32], "little")
-    assert mxcsr & 0x8040 == 0
+    caller's MXCSR."""
     arrays = _fenv_arrays()[4:]  # float32 subnormals, and the same values as float64
     with memory_ops.threads(1):
+        with mxcsr_bits_set(0) as mxcsr:
+            assert mxcsr() & 0x8040 == 0
         expected = [memory_ops.safe_sum(a) for a in arrays]
         assert all(e > 0 for e in expected)
-        fast = ctypes.create_string_buffer(env.raw[:28] + (mxcsr | 0x8040).to_bytes(4, "little"))
-        try:
-            assert libm.fesetenv(fast) == 0
+        with mxcsr_bits_set(0x8040) as mxcsr:
             got = [memory_ops.safe_sum(a) for a in arrays]
-            after = ctypes.create_string_buffer(32)
-            libm.fegetenv(after)
-        finally:
-            libm.fesetenv(env)
-    assert int.from_bytes(after.raw[28:32], "little") & 0x8040 == 0x8040
+            after = mxcsr()
+    assert after & 0x8040 == 0x8040
     assert got == expected

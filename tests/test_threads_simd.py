@@ -17,6 +17,7 @@ from conftest import (
     SIMD_TARGETS,
     assert_same_array,
     libm_or_skip,
+    mxcsr_bits_set,
     random_values,
     subprocess_env,
 )
@@ -358,29 +359,15 @@ def test_elementwise_ops_round_in_the_callers_mode_on_every_thread(mode):
 
 def test_elementwise_ops_flush_subnormals_on_every_thread_when_the_caller_does():
     """Under the calling thread's FTZ and DAZ (MXCSR bits 15 and 6, which a library built with
-    -ffast-math may set), NumPy reads subnormal inputs as zero; so do the team's threads. (glibc's
-    x86-64 fenv_t holds the MXCSR at byte 28.)"""
-    import ctypes
-    import platform
-
-    if platform.machine() != "x86_64":
-        pytest.skip("MXCSR is x86-64's")
-    libm = libm_or_skip()
-    env = ctypes.create_string_buffer(32)  # sizeof(fenv_t) on x86-64 glibc
-    assert libm.fegetenv(env) == 0
-    mxcsr = int.from_bytes(env.raw[28:32], "little")
+    -ffast-math may set), NumPy reads subnormal inputs as zero; so do the team's threads."""
     rng = np.random.default_rng(6)
     a = rng.random(BIG) * 2.0**-1030  # subnormal float64
     b = rng.random(BIG) * 2.0**-1030
-    fast = ctypes.create_string_buffer(env.raw[:28] + (mxcsr | 0x8040).to_bytes(4, "little"))
     with memory_ops.threads(2):
         memory_ops.safe_sum(a)
-        try:
-            assert libm.fesetenv(fast) == 0
+        with mxcsr_bits_set(0x8040):
             expected = _numpy_results(a, b)
             got = _elementwise_results(a, b)
-        finally:
-            libm.fesetenv(env)
     assert not expected[0].any()  # NumPy flushed every input to zero
     for g, e in zip(got, expected):
         assert_same_array(g, e)
