@@ -109,10 +109,9 @@ py::object elementwise(const char* op, ufunc u, std::array<py::array, N - 1> inp
         }
         return target.attr("astype")(result);
     };
-    if (raised == 0) return deliver();
     // (The result is delivered first: NumPy, too, checks for floating-point errors after its loop.)
     py::object delivered = deliver();
-    report_fp_exceptions(u, raised);
+    if (raised != 0) report_fp_exceptions(u, raised);
     return delivered;
 }
 
