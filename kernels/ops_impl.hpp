@@ -504,10 +504,7 @@ constexpr bool has_fmadd(long)
 }
 
 template <class B, bool = has_fmadd<B>(0)>
-struct fma_adder {
-    B operator()(B acc, B x) const noexcept { return acc + x; }
-    B minus(B a, B b) const noexcept { return a - b; }
-};
+struct fma_adder : plain_adder {};
 
 #if defined(__FMA__) || defined(__AVX512F__)
 template <class B>
