@@ -445,8 +445,14 @@ def test_fork_child_after_a_parallel_region(parent_results, where):
     if where == "main_thread":
         _run_parallel_region()
     else:
+        before = _thread_count()
         errors = run_threads(lambda i: _run_parallel_region(), 1)
         assert errors == [], "\n".join(errors)
+        # The finished thread's OpenMP team exits on its own time; fork once it is gone, so that no
+        # exiting thread holds an allocator lock the child would inherit (a hang seen under ASan).
+        deadline = time.monotonic() + 10
+        while before is not None and _thread_count() > before and time.monotonic() < deadline:
+            time.sleep(0.01)
     # The child runs kernels with threads(2) on parallel-sized inputs: without the fork guard it
     # would wait forever in libgomp's dead pool (the join timeout catches that).
     report = _run_child(multiprocessing.get_context("fork"), parent_results)
