@@ -12,7 +12,9 @@ CXX_BIN=${CXX:-c++}
 # mtime) into memory_ops/. The sanitized build gets build directories of its own, so neither build
 # mistakes the other's module for its up-to-date output; the restore copies the normal one back.
 restore() { rm -f memory_ops/_core.*.so; "$PYTHON" setup.py -q build_ext --inplace >/dev/null; }
-uses_asan() { ldd memory_ops/_core.*.so | grep -q libasan; }
+# Not `ldd | grep -q`: under pipefail, grep -q exiting at the first match can kill ldd with SIGPIPE
+# and turn a match into a failure (CI at fc1e541 failed so with the sanitized module in place).
+uses_asan() { local libs; libs=$(ldd memory_ops/_core.*.so) && [[ $libs == *libasan* ]]; }
 trap restore EXIT
 
 rm -f memory_ops/_core.*.so  # setuptools copies a module only over an older one
