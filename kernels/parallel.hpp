@@ -53,6 +53,12 @@ inline void on_fork_child() noexcept
     if (fork_guard().team_started.load()) fork_guard().serial_only.store(true);
 }
 
+// The IEEE exceptions an element-wise kernel raised on any of its threads, as these bits
+// (parallel_for's result), for the bindings to report as NumPy's ufuncs do (np.errstate).
+enum fp_exception : unsigned { fp_invalid = 1, fp_divide_by_zero = 2, fp_overflow = 4, fp_underflow = 8 };
+
+namespace {  // (in each translation unit its own: they are built for different instruction sets)
+
 #ifdef _OPENMP
 // The threads for `work` elements split into at most `parts` pieces: 1 below serial_threshold() or
 // in a fork child (see fork_state); otherwise as many as OpenMP allows, and the team is then noted
@@ -76,12 +82,6 @@ inline auto whole_range(index_t n_items) noexcept
         return !std::exchange(taken, true);
     };
 }
-
-// The IEEE exceptions an element-wise kernel raised on any of its threads, as these bits
-// (parallel_for's result), for the bindings to report as NumPy's ufuncs do (np.errstate).
-enum fp_exception : unsigned { fp_invalid = 1, fp_divide_by_zero = 2, fp_overflow = 4, fp_underflow = 8 };
-
-namespace {  // (in each translation unit its own: they are built for different instruction sets)
 
 #if defined(__SSE2__)
 // The calling thread's MXCSR (SSE control and exception flags), read and written. The "memory"
