@@ -146,10 +146,14 @@ Return the sum of all elements of ``arr`` as a Python number.
 Floating input gives a float, accumulated in float64 with compensated summation (float32 widened
 exactly): more accurate than NumPy's pairwise ``arr.sum()``, and bit-identical for any thread count
 and any SIMD target. It is computed in round-to-nearest whatever rounding mode the calling thread
-has set, and leaves that thread's floating-point state as it was. Integer and bool input gives an
-exact int computed modulo 2**64 like NumPy's int64 (uint64 for unsigned) accumulator. Any shape and
-strides; the input is never copied unless its dtype needs converting (float16, small integers,
-non-native byte order).)doc";
+has set, and leaves that thread's floating-point state as it was. A non-finite float result is
+reported as NumPy reports ``arr.sum()``, under ``np.errstate``: "overflow encountered in reduce"
+when finite values sum to an infinity, "invalid value encountered in reduce" when infinities of
+both signs meet, a signalling NaN is summed, or non-NaN values sum to NaN; quiet NaNs and
+infinities of one sign sum silently. Integer and bool input gives an exact int computed modulo
+2**64 like NumPy's int64 (uint64 for unsigned) accumulator. Any shape and strides; the input is
+never copied unless its dtype needs converting (float16, small integers, non-native byte
+order).)doc";
 
 PyObject* scale_copy_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames)
 {

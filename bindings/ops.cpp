@@ -2,6 +2,7 @@
 // No arithmetic on elements happens here.
 #include "op_bindings.hpp"
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -67,6 +68,25 @@ enum class ufunc { multiply, add };
     if (!x.empty())
         numpy().attr(add ? "add" : "multiply")(py::array_t<double>(static_cast<py::ssize_t>(x.size()), x.data()),
                                                 py::array_t<double>(static_cast<py::ssize_t>(y.size()), y.data()));
+}
+
+// Reports a non-finite floating sum `total` as NumPy reports a.sum() (np.add.reduce), judged by the
+// result and by which non-finite values the input held (`held`: nonfinite bits), not by the order of
+// the additions: an infinite or NaN sum of finite values overflowed ("overflow encountered in
+// reduce"); infinities of both signs, a signalling NaN, or a NaN sum of values none of them NaN
+// make it invalid ("invalid value encountered in reduce"; a NaN sum of finite values is both:
+// overflowed partial sums of both signs met). Quiet NaNs and infinities of one sign are summed
+// quietly, as NumPy sums them. Replayed like report_fp_exceptions: np.add.reduce over float64
+// values that raise exactly that exception, one call per exception, overflow first (NumPy's order).
+[[gnu::cold, gnu::noinline]] void report_sum_exceptions(double total, unsigned held)
+{
+    const double inf = std::numeric_limits<double>::infinity();
+    const bool overflow = held == 0;
+    const bool invalid = (std::isnan(total) && (held & holds_nan) == 0) || (held & holds_signalling_nan) ||
+                         ((held & holds_plus_inf) && (held & holds_minus_inf));
+    const py::object reduce = numpy().attr("add").attr("reduce");
+    if (overflow) reduce(py::array_t<double>(2, std::array<double, 2>{1.5e308, 1.5e308}.data()));
+    if (invalid) reduce(py::array_t<double>(2, std::array<double, 2>{inf, -inf}.data()));
 }
 
 // The shared tail of the element-wise ops: pick where the kernel writes, make inputs that partially
@@ -242,8 +262,17 @@ py::object safe_sum(const py::object& arr)
             py::gil_scoped_release nogil;  // the kernel reads only a's buffer, kept alive by `a`
             total = run_kernel<sum_kernel>(tag, view);
         }
-        if constexpr (std::is_floating_point<T>::value)
+        if constexpr (std::is_floating_point<T>::value) {
+            if (!std::isfinite(total)) {
+                unsigned held;
+                {
+                    py::gil_scoped_release nogil;
+                    held = run_kernel<nonfinite_kernel>(tag, view);
+                }
+                report_sum_exceptions(total, held);
+            }
             return py::float_(total);
+        }
         else if (kind == 'u')  // NumPy sums unsigned integers in uint64
             return py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(total));
         else

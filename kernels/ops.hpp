@@ -83,6 +83,18 @@ struct sum_kernel {
     sum_result_t<T> operator()(Arch, type_tag<T>, const nd_view<1>& v) const noexcept;
 };
 
+// Which non-finite values a floating input holds, for reporting a non-finite sum as NumPy does: an
+// infinite sum of finite values overflowed; infinities of both signs, a NaN sum of non-NaN values,
+// and arithmetic on a signalling NaN are invalid.
+enum nonfinite : unsigned { holds_nan = 1, holds_signalling_nan = 2, holds_plus_inf = 4, holds_minus_inf = 8 };
+
+struct nonfinite_kernel {
+    // v: the one input (simplified), floating T. Returns nonfinite bits. Reads the bits as integers:
+    // raises no floating-point exception, whatever NaN (signalling too) it meets.
+    template <class Arch, class T>
+    unsigned operator()(Arch, type_tag<T>, const nd_view<1>& v) const noexcept;
+};
+
 // STREAM-style reference loops on contiguous float64 arrays of n elements (no overlap between dst
 // and the inputs): the memory-bandwidth yardstick the benchmark measures the real kernels against.
 //   copy: dst = a   scale: dst = s * a   add: dst = a + b   sum: returns the sum of a (plain, not
@@ -124,6 +136,10 @@ struct stream_kernel {
         ARCH, type_tag<std::int32_t>, const nd_view<1>&) const noexcept;                             \
     PREFIX template std::uint64_t sum_kernel::operator()<ARCH, std::int64_t>(                        \
         ARCH, type_tag<std::int64_t>, const nd_view<1>&) const noexcept;                             \
+    PREFIX template unsigned nonfinite_kernel::operator()<ARCH, float>(ARCH, type_tag<float>,         \
+                                                                     const nd_view<1>&) const noexcept; \
+    PREFIX template unsigned nonfinite_kernel::operator()<ARCH, double>(ARCH, type_tag<double>,       \
+                                                                      const nd_view<1>&) const noexcept; \
     PREFIX template double stream_kernel::operator()<ARCH>(ARCH, stream_op, double*, const double*,   \
                                                            const double*, double, index_t) const noexcept;
 

@@ -960,6 +960,29 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
     return r;
 }
 
+template <class Arch, class T>
+unsigned nonfinite_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) const noexcept
+{
+    using bits_t = std::conditional_t<sizeof(T) == 8, std::uint64_t, std::uint32_t>;
+    constexpr bits_t magnitude = ~bits_t{0} >> 1;                                  // all but the sign
+    constexpr bits_t inf = static_cast<bits_t>(sizeof(T) == 8 ? 0x7ff0000000000000u : 0x7f800000u);  // exponent all ones
+    constexpr bits_t quiet = static_cast<bits_t>(sizeof(T) == 8 ? 0x0008000000000000u : 0x00400000u);  // a NaN's quiet bit
+    std::atomic<unsigned> found{0};
+    parallel_for(elements(v), element_grain, 1, [&](index_t begin, index_t end) {
+        unsigned mine = 0;
+        for_each_run(v, begin, end, [&](char* const* p, index_t n, const index_t* step) {
+            for (index_t i = 0; i < n; ++i) {
+                bits_t b;
+                std::memcpy(&b, p[0] + i * step[0], sizeof b);
+                if ((b & magnitude) > inf) mine |= (b & quiet) ? holds_nan : holds_nan | holds_signalling_nan;
+                else if ((b & magnitude) == inf) mine |= b == inf ? holds_plus_inf : holds_minus_inf;
+            }
+        });
+        found.fetch_or(mine, std::memory_order_relaxed);
+    });
+    return found.load(std::memory_order_relaxed);
+}
+
 template <class Arch>
 double stream_kernel::operator()(Arch, stream_op op, double* dst, const double* a, const double* b, double s,
                                  index_t n) const noexcept

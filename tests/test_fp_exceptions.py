@@ -1,12 +1,15 @@
 """Floating-point exceptions (overflow, invalid, underflow) of scale and add, reported as NumPy reports
 them for a * f and a + b: np.errstate decides (ignore, warn, raise, call), the messages are NumPy's,
-and the exceptions of every thread count, not only the calling thread's."""
+and the exceptions of every thread count, not only the calling thread's. A non-finite safe_sum is
+reported as NumPy reports a.sum() (overflow, invalid value "encountered in reduce")."""
+
+import warnings
 
 import numpy as np
 import pytest
 
 import memory_ops
-from conftest import assert_same_array, mxcsr_bits_set
+from conftest import assert_same_array, float_bits, mxcsr_bits_set
 
 BIG = 2**20 + 3  # past the serial threshold: with 2 threads the last element is the team thread's
 
@@ -220,3 +223,103 @@ def test_only_the_kernels_own_exceptions_count_and_the_callers_flags_survive():
             assert after & 0x09 == 0x09
             assert_same_array(got[0], a[:n] * 2.0)
             assert_same_array(got[1], a[:n] + a[:n])
+
+
+# ---- safe_sum ------------------------------------------------------------------------------------
+
+SUM_N = 11 * 2**13 + 11  # 12 blocks: past the serial threshold, shared between the threads
+
+
+def _spread(values, dtype, n=SUM_N):
+    """An array of n zeros holding `values` far apart (different blocks, lanes and threads)."""
+    a = np.zeros(n, dtype)
+    a[np.linspace(0, n - 1, len(values)).astype(int)] = values
+    return a
+
+
+def _lanes_overflow_both_ways():
+    """Finite float64 values whose sum overflows in both directions: 1e308 twice at elements 0 and 16,
+    -1e308 twice at 1 and 17 (safe_sum's lanes 0 and 1; NumPy's pairwise accumulators 0 and 1)."""
+    a = np.zeros(32)
+    a[[0, 16]], a[[1, 17]] = 1e308, -1e308
+    return a
+
+
+def _signalling_nan(dtype, n):
+    bits = {np.float64: (np.uint64, 0x7FF0000000000001), np.float32: (np.uint32, 0x7F800001)}[dtype]
+    a = np.zeros(n, bits[0])
+    a[n // 2] = bits[1]
+    return a.view(dtype)
+
+
+SUM_CASES = {  # name -> (array, the warnings NumPy's a.sum() gives it)
+    "finite overflow": (np.array([1.5e308, 1.5e308]), ["overflow"]),
+    "finite overflow, spread": (_spread([1e308] * 3, np.float64), ["overflow"]),
+    "finite negative overflow, spread": (_spread([-1e308, 0.5, -1e308], np.float64), ["overflow"]),
+    "finite overflow both ways": (_lanes_overflow_both_ways(), ["overflow", "invalid"]),
+    "inf - inf": (np.array([np.inf, -np.inf]), ["invalid"]),
+    "inf - inf, spread": (_spread([np.inf, 1.0, -np.inf], np.float64), ["invalid"]),
+    "inf - inf, float32, spread": (_spread([np.inf, 1.0, -np.inf], np.float32), ["invalid"]),
+    "signalling NaN": (_signalling_nan(np.float64, 5), ["invalid"]),
+    "signalling NaN, float32, spread": (_signalling_nan(np.float32, SUM_N), ["invalid"]),
+    "quiet NaN": (_spread([np.nan, np.inf, 1e308], np.float64), []),
+    "quiet NaN and inf - inf": (_spread([np.nan, np.inf, -np.inf], np.float64), ["invalid"]),
+    "infinities of one sign": (_spread([np.inf, 1e308, np.inf], np.float64), []),
+}
+
+
+def _sum_messages(fn):
+    with np.errstate(all="warn"), warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = fn()
+    return result, _messages(record)
+
+
+@pytest.mark.parametrize("case", list(SUM_CASES))
+def test_non_finite_sums_warn_like_numpy(case, nthreads):
+    a, kinds = SUM_CASES[case]
+    expected, expected_warnings = _sum_messages(a.sum)
+    got, got_warnings = _sum_messages(lambda: memory_ops.safe_sum(a))
+    assert got_warnings == expected_warnings
+    assert [str(m).split()[0] for _, m in got_warnings] == kinds
+    assert all(category is RuntimeWarning and str(m).endswith("encountered in reduce") for category, m in got_warnings)
+    assert float_bits(np.float64(got)) == float_bits(np.float64(expected))  # the same inf or NaN
+
+
+@pytest.mark.parametrize("view", ["reversed", "strided"])
+def test_non_finite_sums_of_views_warn_like_numpy(view):
+    for case in ("finite overflow, spread", "inf - inf, spread", "quiet NaN"):
+        a = SUM_CASES[case][0]
+        v = a[::-1] if view == "reversed" else np.repeat(a, 2)[::2]
+        assert _sum_messages(lambda: memory_ops.safe_sum(v))[1] == _sum_messages(v.sum)[1]
+
+
+@pytest.mark.parametrize("case", ["finite overflow, spread", "inf - inf, spread", "signalling NaN"])
+def test_non_finite_sums_raise_and_call_like_numpy(case):
+    a = SUM_CASES[case][0]
+    with np.errstate(all="raise"):
+        with pytest.raises(FloatingPointError) as expected:
+            a.sum()
+        with pytest.raises(FloatingPointError) as got:
+            memory_ops.safe_sum(a)
+    assert str(got.value) == str(expected.value)
+    calls = {"numpy": [], "ours": []}
+    for library, run in (("numpy", a.sum), ("ours", lambda: memory_ops.safe_sum(a))):
+        with np.errstate(all="call", call=lambda *args, _l=library: calls[_l].append(args)):
+            run()
+    assert calls["ours"] == calls["numpy"] and len(calls["ours"]) == 1
+
+
+def test_non_finite_sums_stay_silent_when_ignored():
+    # (pytest turns any warning into an error here)
+    with np.errstate(all="ignore"):
+        for a, _ in SUM_CASES.values():
+            assert float_bits(np.float64(memory_ops.safe_sum(a))) == float_bits(np.float64(a.sum()))
+
+
+def test_float32_sums_do_not_overflow_in_float64():
+    """NumPy sums float32 in float32 and overflows at 3.4e38; safe_sum's float64 accumulator does not."""
+    a = _spread([3e38, 3e38, 3e38], np.float32)
+    assert memory_ops.safe_sum(a) == 3 * float(np.float32(3e38))  # and no warning (an error here)
+    with pytest.warns(RuntimeWarning, match="overflow encountered in reduce"):
+        assert np.isinf(a.sum())

@@ -4,6 +4,7 @@ Every test here runs under every SIMD target this CPU supports (the module-level
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -255,7 +256,9 @@ def float_arrays(draw):
 def test_safe_sum_float_is_compensated_and_propagates_nonfinite(xb):
     x, base = xb
     before = snapshot(base)
-    got = memory_ops.safe_sum(x)
+    with np.errstate(all="warn"), warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        got = memory_ops.safe_sum(x)
     assert type(got) is float
     values = np.asarray(x, dtype=np.float64).ravel()
     if not np.all(np.isfinite(values)):
@@ -264,6 +267,15 @@ def test_safe_sum_float_is_compensated_and_propagates_nonfinite(xb):
         assert (math.isnan(got) and math.isnan(expected)) or got == expected, (got, expected)
     else:
         assert_compensated_accuracy(got, values)
+    # Reported as README says: overflow when finite values sum to a non-finite value; invalid when
+    # infinities of both signs meet or non-NaN values sum to NaN (no signalling NaNs are drawn).
+    finite = bool(np.all(np.isfinite(values)))
+    both_infinities = bool(np.any(values == np.inf) and np.any(values == -np.inf))
+    kinds = ["overflow"] * (finite and not math.isfinite(got))
+    kinds += ["invalid"] * (both_infinities or (math.isnan(got) and not np.any(np.isnan(values))))
+    assert [str(w.message) for w in record] == [
+        {"overflow": "overflow encountered in reduce", "invalid": "invalid value encountered in reduce"}[k] for k in kinds
+    ]
     assert snapshot(base) == before
 
 

@@ -6,6 +6,8 @@ Every test here runs under every SIMD target this CPU supports (the module-level
 
 import math
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -166,17 +168,28 @@ NONFINITE_CASES = [
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=idfn)
 @pytest.mark.parametrize("values", NONFINITE_CASES, ids=repr)
 def test_sum_nonfinite_propagates_like_numpy(dtype, values):
+    """Also warns as NumPy does (invalid value for inf + -inf; see test_fp_exceptions.py)."""
     a = np.array(values, dtype=dtype)
-    with numpy_quiet():
-        expected = np.asarray(a, np.float64).sum()
-    assert_same_float(memory_ops.safe_sum(a), expected)
+    expected = _sum_and_warnings(lambda: np.asarray(a, np.float64).sum())
+    assert_same_float(*_same_warnings(_sum_and_warnings(lambda: memory_ops.safe_sum(a)), expected))
     # The same values far apart in a large array (different blocks, lanes and threads).
     big = np.zeros(11 * 2**13 + 11, dtype=dtype)
     big[np.linspace(0, big.size - 1, len(values)).astype(int)] = a
     for view in (big, big[::-1], big.reshape(-1, 11).T):
-        with numpy_quiet():
-            expected = np.asarray(view, np.float64).sum()
-        assert_same_float(memory_ops.safe_sum(view), expected)
+        expected = _sum_and_warnings(lambda: np.asarray(view, np.float64).sum())
+        assert_same_float(*_same_warnings(_sum_and_warnings(lambda: memory_ops.safe_sum(view)), expected))
+
+
+def _sum_and_warnings(fn):
+    with np.errstate(all="warn"), warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        return fn(), [str(w.message) for w in record]
+
+
+def _same_warnings(got, expected):
+    """(got sum, expected sum) once both calls warned alike."""
+    assert got[1] == expected[1]
+    return got[0], expected[0]
 
 
 # ---- accuracy on ill-conditioned sums -----------------------------------------------------------
