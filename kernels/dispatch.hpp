@@ -37,15 +37,35 @@ bool supports(const Available& available) noexcept
         return Arch::version() <= available.best;
 }
 
-// What a target's compiler flags add to its xsimd architecture (the table in CMakeLists.txt): on x86
-// the avx2 and avx512 targets are built with -mfma, and no xsimd avx512 architecture checks for FMA3
-// (xsimd 8's rank order even reports fma3<avx2> under any avx512 CPU). Every such CPU has FMA3; a
-// virtual machine may hide it.
+#if defined(__x86_64__) || defined(__i386__)
+// The register state the operating system saves and so enables (XCR0), which xsimd 8 never reads:
+// a CPU can report AVX or AVX-512 in CPUID while the OS or a hypervisor leaves those registers
+// disabled, and any instruction on them then faults (SIGILL). Bits: 1 SSE, 2 upper halves of ymm,
+// 5-7 AVX-512 (opmask, upper halves of zmm0-15, zmm16-31). Without OSXSAVE there is no XCR0 and
+// no AVX state.
+inline unsigned os_enabled_state() noexcept
+{
+    unsigned eax = 1, ebx, ecx = 0, edx;
+    asm("cpuid" : "+a"(eax), "=b"(ebx), "+c"(ecx), "=d"(edx));
+    if (!(ecx & (1u << 27))) return 0;  // OSXSAVE
+    unsigned lo, hi;
+    asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return lo;
+}
+#endif
+
+// What a target needs beyond its xsimd architecture's CPUID bits. On x86 the avx2 and avx512
+// targets are built with -mfma (the table in CMakeLists.txt), and no xsimd avx512 architecture
+// checks for FMA3 (xsimd 8's rank order even reports fma3<avx2> under any avx512 CPU); every such
+// CPU has FMA3, but a virtual machine may hide it. And the OS must have enabled the registers the
+// target uses (os_enabled_state).
 template <class Arch, class Available>
 bool flags_supported(const Available& available) noexcept
 {
 #if defined(__x86_64__) || defined(__i386__)
     if constexpr (Arch::alignment() >= 32) {
+        const unsigned needed = Arch::alignment() >= 64 ? 0xe6u : 0x06u;
+        if ((os_enabled_state() & needed) != needed) return false;
         if constexpr (has_has<Available, xsimd::fma3<xsimd::avx2>>::value)
             return available.has(xsimd::fma3<xsimd::avx2>{});
         else

@@ -1,6 +1,7 @@
 """Threads, SIMD targets, determinism, GIL release, and the importable environment switches."""
 
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -54,6 +55,22 @@ def test_info_describes_the_build_and_the_cpu():
     assert compiled[-1] in supported, "the baseline (last compiled) target always runs"
     assert memory_ops.simd_arch() in supported
     assert info["num_threads"] == memory_ops.get_num_threads()
+
+
+def test_supported_targets_are_those_the_kernel_enabled():
+    """Linux lists a SIMD extension in /proc/cpuinfo only when the CPU has it and the kernel enabled
+    its registers (XCR0); a target the kernel did not enable would fault. The supported targets
+    agree with that list, FMA included (the avx2 and avx512 targets are built with -mfma)."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64") or not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("x86 Linux only")
+    with open("/proc/cpuinfo") as f:
+        flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    needs = {"avx512bw": {"avx512f", "avx512cd", "avx512dq", "avx512bw", "fma"}, "avx2": {"avx2", "fma"}, "sse2": {"sse2"}}
+    info = memory_ops.info()
+    for target in info["simd_compiled"]:
+        assert (target in info["simd_supported"]) == needs[target].issubset(flags), target
 
 
 def test_set_simd_caps_the_target(restore_simd):
