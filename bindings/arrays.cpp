@@ -61,8 +61,28 @@ static std::string type_name(const py::handle& obj) { return py::str(py::type::o
 
 static bool is_real_kind(char kind) { return kind == 'b' || kind == 'i' || kind == 'u' || kind == 'f'; }
 
+void reject_masked(const char* op, const char* name, const py::handle& obj, bool written)
+{
+    if (Py_TYPE(obj.ptr()) == py::detail::npy_api::get().PyArray_Type_ || !py::isinstance<py::array>(obj)) return;
+    // A MaskedArray exists only once numpy.ma is imported; this does not import it.
+    PyObject* ma = PyImport_GetModule(py::str("numpy.ma").ptr());
+    if (ma == nullptr) {
+        if (PyErr_Occurred()) throw py::error_already_set();
+        return;
+    }
+    const auto module = py::reinterpret_steal<py::object>(ma);
+    if (!py::isinstance(obj, module.attr("MaskedArray"))) return;
+    const std::string n = name;
+    throw py::type_error(std::string(op) + ": argument '" + n + "' is a numpy.ma.MaskedArray; memory_ops ignores masks, so " +
+                         (written ? "its masked values would be written over. Pass " + n +
+                                        ".data to write every value, or use NumPy, which honours the mask"
+                                  : "its masked values would be used. Pass " + n + ".filled(value) or " + n +
+                                        ".compressed(), or " + n + ".data to use every value"));
+}
+
 py::array input_array(const char* op, const char* name, const py::handle& obj)
 {
+    reject_masked(op, name, obj);
     if (py::isinstance<py::array>(obj)) {
         auto a = py::reinterpret_borrow<py::array>(obj);
         if (!is_real_kind(a.dtype().kind()))
@@ -162,6 +182,7 @@ void check_out(const char* op, const py::handle& out, const py::dtype& dtype, co
 {
     if (!py::isinstance<py::array>(out))
         throw py::type_error(std::string(op) + ": out must be a NumPy ndarray; got " + type_name(out));
+    reject_masked(op, "out", out, true);
     auto o = py::reinterpret_borrow<py::array>(out);
     if (!same_dtype(o.dtype(), dtype))
         throw py::type_error(std::string(op) + ": out has dtype " + dtype_str(o.dtype()) + ", expected " +

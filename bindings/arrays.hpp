@@ -32,8 +32,13 @@ py::module_& numpy();
 
 // A read-only argument as an ndarray, never copied when it already is one. Lists, tuples and
 // Python or NumPy scalars go through numpy.asarray; anything that does not become a real numeric
-// array (strings, objects, complex, None) raises TypeError naming `op` and `name`.
+// array (strings, objects, complex, None, a masked array) raises TypeError naming `op` and `name`.
 py::array input_array(const char* op, const char* name, const py::handle& obj);
+
+// Raises TypeError for a numpy.ma.MaskedArray: the kernels read and write every element, so its
+// mask would be ignored (masked values summed or scaled, or written over when `written`) where
+// NumPy honours it. Free for a plain ndarray.
+void reject_masked(const char* op, const char* name, const py::handle& obj, bool written = false);
 
 // Raises TypeError unless `factor` is a Python int/float/bool or a NumPy real scalar.
 void check_factor(const char* op, const py::handle& factor);

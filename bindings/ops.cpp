@@ -165,6 +165,7 @@ void scale_inplace(const py::object& arr, const py::object& factor)
         throw py::type_error(std::string(op) + ": arr must be a NumPy ndarray to modify in place; got " +
                              py::str(py::type::of(arr).attr("__name__")).cast<std::string>() +
                              " (a converted copy would be scaled and thrown away)");
+    reject_masked(op, "arr", arr, true);
     const auto a = py::reinterpret_borrow<py::array>(arr);
     native t;
     if (!native_of(a.dtype(), t) || !is_float(t))

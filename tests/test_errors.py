@@ -205,6 +205,47 @@ def test_bad_out_raises_and_writes_nothing(case):
     assert [snapshot(x) for x in args if isinstance(x, np.ndarray)] == inputs_before
 
 
+def _masked(dtype=np.float64):
+    return np.ma.array(np.arange(1.0, 7.0, dtype=dtype), mask=[0, 1, 0, 0, 1, 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=idfn)
+def test_masked_arrays_raise_type_error_and_are_left_alone(dtype):
+    """The kernels would use (or write over) the masked values where NumPy honours the mask: a masked
+    sum of 1..6 without 2 and 5 is 14, the data's sum 21. So a MaskedArray anywhere is refused."""
+    m, plain = _masked(dtype), np.ones(6, dtype)
+    before = (snapshot(m.data), m.mask.copy())
+    calls = {
+        "arr": [lambda: memory_ops.safe_sum(m), lambda: memory_ops.scale_inplace(m, 2.0)],
+        "input": [lambda: memory_ops.scale_copy(m, 2.0), lambda: memory_ops.scale_copy(m, 2.0, out=np.empty(6, dtype))],
+        "a": [lambda: memory_ops.add_arrays(m, plain)],
+        "b": [lambda: memory_ops.add_arrays(plain, m), lambda: memory_ops.add_arrays(plain, m, out=np.empty(6, dtype))],
+        "out": [lambda: memory_ops.scale_copy(plain, 2.0, out=m), lambda: memory_ops.add_arrays(plain, plain, out=m)],
+    }
+    for name, fns in calls.items():
+        for fn in fns:
+            with pytest.raises(TypeError, match=f"argument '{name}' is a numpy.ma.MaskedArray; memory_ops ignores masks"):
+                fn()
+    assert (snapshot(m.data), m.mask.tolist()) == (before[0], before[1].tolist())
+    assert m.sum() == 14
+    # What the message offers works: the data, filled or compressed values are plain arrays.
+    assert memory_ops.safe_sum(m.filled(0)) == memory_ops.safe_sum(m.compressed()) == 14
+    assert memory_ops.safe_sum(m.data) == 21
+
+
+def test_other_ndarray_subclasses_are_still_accepted(tmp_path):
+    class Sub(np.ndarray):
+        pass
+
+    mapped = np.memmap(tmp_path / "data.bin", dtype=np.float64, mode="w+", shape=(4,))
+    mapped[:] = [1.0, 2.0, 3.0, 4.0]
+    for a in (np.arange(1.0, 5.0).view(Sub), mapped):
+        assert memory_ops.safe_sum(a) == 10.0
+        assert np.array_equal(memory_ops.scale_copy(a, 2.0), np.asarray(a) * 2.0)
+        memory_ops.scale_inplace(a, 2.0)
+        assert memory_ops.safe_sum(a) == 20.0
+
+
 def test_out_is_keyword_only():
     a = np.arange(3.0)
     with pytest.raises(TypeError):
