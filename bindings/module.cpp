@@ -26,6 +26,7 @@ namespace {
 int get_num_threads()
 {
 #ifdef _OPENMP
+    if (fork_guard().serial_only.load()) return 1;  // a fork child runs every kernel serially (fork_state)
     return omp_get_max_threads();
 #else
     return 1;
@@ -219,7 +220,8 @@ PYBIND11_MODULE(_core, m)
     if (PyModule_AddFunctions(m.ptr(), op_methods) != 0) throw py::error_already_set();
 
     m.def("get_num_threads", &get_num_threads,
-          "Number of OpenMP threads a kernel started from this Python thread may use.");
+          "Number of OpenMP threads a kernel started from this Python thread may use (1 in a fork child of "
+          "a process that ran a parallel kernel: such a child runs kernels serially).");
     m.def("set_num_threads", &set_num_threads, py::arg("n"),
           "Set the number of OpenMP threads for kernels started from this Python thread (n >= 1).");
     m.def("simd_arch", [] { return std::string(compiled_target_names[active_target()]); },
