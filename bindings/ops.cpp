@@ -89,6 +89,36 @@ enum class ufunc { multiply, add };
     if (invalid) reduce(py::array_t<double>(2, std::array<double, 2>{inf, -inf}.data()));
 }
 
+// deliver() for a result the kernel computed in another dtype (float16 in float32): the cast's
+// floating-point exceptions (overflow to inf, an inexact subnormal) are added to `raised` instead of
+// being reported as NumPy's "... encountered in cast". NumPy's float16 loops compute in float32
+// and convert inside the ufunc, so it reports them as the ufunc's own ("in multiply"). NumPy's
+// errors during the cast go to a collector (np.errstate call=), whatever the caller's errstate.
+thread_local unsigned cast_exceptions = 0;  // what the collector saw, on this thread
+
+template <class Deliver>
+py::object deliver_cast(Deliver&& deliver, unsigned& raised)
+{
+    // Leaked on purpose, like numpy(): one callable for the life of the process.
+    static py::object* collect = new py::object(py::cpp_function([](const std::string& kind, py::object) {
+        cast_exceptions |= kind == "overflow" ? fp_overflow : kind == "underflow" ? fp_underflow
+                         : kind == "invalid value" ? fp_invalid : kind == "divide by zero" ? fp_divide_by_zero : 0u;
+    }));
+    cast_exceptions = 0;
+    py::object state = numpy().attr("errstate")(py::arg("all") = "call", py::arg("call") = *collect);
+    state.attr("__enter__")();
+    py::object delivered;
+    try {
+        delivered = deliver();
+    } catch (...) {
+        state.attr("__exit__")(py::none(), py::none(), py::none());
+        throw;
+    }
+    state.attr("__exit__")(py::none(), py::none(), py::none());
+    raised |= cast_exceptions;
+    return delivered;
+}
+
 // The shared tail of the element-wise ops: pick where the kernel writes, make inputs that partially
 // overlap it private (NumPy does the same), run `kernel(view)` without the GIL, and deliver the
 // result in NumPy's dtype `result`, into `out` when given (and return that very object).
@@ -101,8 +131,8 @@ py::object elementwise(const char* op, ufunc u, std::array<py::array, N - 1> inp
     if (has_out) check_out(op, out, result, inputs[0], "NumPy's result dtype for these arguments");
     // The kernel writes `out` directly unless the result needs a cast, or `out` has elements that
     // share memory (threads would race on them): then a fresh array, copied into `out` at the end.
-    const bool direct = native_of(result, r) && r == compute &&
-                        !(has_out && may_self_overlap(py::reinterpret_borrow<py::array>(out)));
+    const bool cast = !(native_of(result, r) && r == compute);
+    const bool direct = !cast && !(has_out && may_self_overlap(py::reinterpret_borrow<py::array>(out)));
     py::array target = (has_out && direct) ? py::reinterpret_borrow<py::array>(out) : empty_like_shape(inputs[0], compute);
 
     if (has_out && direct) {  // a fresh target overlaps nothing
@@ -130,7 +160,7 @@ py::object elementwise(const char* op, ufunc u, std::array<py::array, N - 1> inp
         return target.attr("astype")(result);
     };
     // (The result is delivered first: NumPy, too, checks for floating-point errors after its loop.)
-    py::object delivered = deliver();
+    py::object delivered = cast && result.kind() == 'f' ? deliver_cast(deliver, raised) : deliver();
     if (raised != 0) report_fp_exceptions(u, raised);
     return delivered;
 }

@@ -225,6 +225,43 @@ def test_only_the_kernels_own_exceptions_count_and_the_callers_flags_survive():
             assert_same_array(got[1], a[:n] + a[:n])
 
 
+
+# ---- float16 results: computed in float32, converted after the kernel -----------------------------
+
+HALF = np.array([1.5, 65504.0, 1e-4, -2.0] * 5000, np.float16)  # 20,000: past the serial threshold
+HALF_CASES = {  # name -> (ours, numpy); NumPy's float16 loops report the conversion as the ufunc's
+    "scale_copy overflow": (lambda: memory_ops.scale_copy(HALF, 3), lambda: HALF * 3),
+    "scale_copy underflow": (lambda: memory_ops.scale_copy(HALF, 1e-4), lambda: HALF * 1e-4),
+    "scale_copy out= overflow": (lambda: memory_ops.scale_copy(HALF, 3, out=np.empty_like(HALF)),
+                                 lambda: np.multiply(HALF, 3, out=np.empty_like(HALF))),
+    "add_arrays overflow": (lambda: memory_ops.add_arrays(HALF, HALF), lambda: HALF + HALF),
+    "add_arrays out= overflow": (lambda: memory_ops.add_arrays(HALF, HALF, out=np.empty_like(HALF)),
+                                 lambda: np.add(HALF, HALF, out=np.empty_like(HALF))),
+}
+
+
+@pytest.mark.parametrize("case", list(HALF_CASES))
+def test_float16_results_report_the_op_s_exceptions_like_numpy(case, nthreads):
+    ours, numpys = HALF_CASES[case]
+    reported = {}
+    for library, run in (("numpy", numpys), ("ours", ours)):
+        with np.errstate(all="warn"), warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            result = run()
+        reported[library] = (_messages(record), result)
+    assert reported["ours"][0] == reported["numpy"][0]
+    assert reported["ours"][0] and all("in cast" not in m for _, m in reported["ours"][0])
+    assert_same_array(reported["ours"][1], reported["numpy"][1])
+    with np.errstate(all="raise"):
+        with pytest.raises(FloatingPointError) as expected:
+            numpys()
+        with pytest.raises(FloatingPointError) as got:
+            ours()
+    assert str(got.value) == str(expected.value)
+    with np.errstate(all="ignore"):  # (any warning is an error here)
+        assert_same_array(ours(), numpys())
+
+
 # ---- safe_sum ------------------------------------------------------------------------------------
 
 SUM_N = 11 * 2**13 + 11  # 12 blocks: past the serial threshold, shared between the threads
