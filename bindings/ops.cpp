@@ -92,20 +92,14 @@ enum class ufunc { multiply, add };
 // deliver() for a result the kernel computed in another dtype (float16 in float32): the cast's
 // floating-point exceptions (overflow to inf, an inexact subnormal) are added to `raised` instead of
 // being reported as NumPy's "... encountered in cast". NumPy's float16 loops compute in float32
-// and convert inside the ufunc, so it reports them as the ufunc's own ("in multiply"). NumPy's
-// errors during the cast go to a collector (np.errstate call=), whatever the caller's errstate.
-thread_local unsigned cast_exceptions = 0;  // what the collector saw, on this thread
-
+// and convert inside the ufunc, so it reports them as the ufunc's own ("in multiply"). During the
+// cast NumPy logs its errors to a StringIO (np.errstate(all="log")), whatever the caller's errstate.
 template <class Deliver>
 py::object deliver_cast(Deliver&& deliver, unsigned& raised)
 {
-    // Leaked on purpose, like numpy(): one callable for the life of the process.
-    static py::object* collect = new py::object(py::cpp_function([](const std::string& kind, py::object) {
-        cast_exceptions |= kind == "overflow" ? fp_overflow : kind == "underflow" ? fp_underflow
-                         : kind == "invalid value" ? fp_invalid : kind == "divide by zero" ? fp_divide_by_zero : 0u;
-    }));
-    cast_exceptions = 0;
-    py::object state = numpy().attr("errstate")(py::arg("all") = "call", py::arg("call") = *collect);
+    static py::module_* io = new py::module_(py::module_::import("io"));  // leaked, as numpy()
+    const py::object log = io->attr("StringIO")();
+    py::object state = numpy().attr("errstate")(py::arg("all") = "log", py::arg("call") = log);
     state.attr("__enter__")();
     py::object delivered;
     try {
@@ -115,7 +109,10 @@ py::object deliver_cast(Deliver&& deliver, unsigned& raised)
         throw;
     }
     state.attr("__exit__")(py::none(), py::none(), py::none());
-    raised |= cast_exceptions;
+    const std::string text = log.attr("getvalue")().cast<std::string>();  // "Warning: overflow encountered in cast\n"...
+    const auto saw = [&text](const char* what) { return text.find(what) != std::string::npos; };
+    raised |= (saw("overflow encountered") ? fp_overflow : 0u) | (saw("underflow encountered") ? fp_underflow : 0u) |
+              (saw("invalid value encountered") ? fp_invalid : 0u) | (saw("divide by zero encountered") ? fp_divide_by_zero : 0u);
     return delivered;
 }
 
