@@ -10,10 +10,10 @@
 // floating-point control (rounding mode; on x86 also flush-to-zero and denormals-are-zero), so
 // results equal NumPy's bit for bit: NaN, +-inf, -0.0 and subnormals included. They return the
 // floating-point exceptions they raised (parallel.hpp, fp_exception), which the bindings report as
-// NumPy does. Integer scale and add wrap modulo 2^bits, as NumPy does. The floating sum accumulates in float64 (float32 input is widened exactly) in sum_lanes
-// independent lanes per block of sum_block elements; blocks are combined in index order. float64
-// blocks are compensated with Knuth's TwoSum (6 additions per element plus one into the
-// compensation). A float32 block is first summed plainly, one addition per element; when the
+// NumPy does. Integer scale and add wrap modulo 2^bits, as NumPy does. The floating sum accumulates
+// in float64 (float32 input is widened exactly) in sum_lanes independent lanes per block of
+// sum_block elements; blocks are combined in index order. float64 blocks are compensated with
+// Knuth's TwoSum (6 additions per element plus one into the compensation). A float32 block is first summed plainly, one addition per element; when the
 // floating-point flags show that none of them rounded, its lane sums are exact and final (most data:
 // nonzero magnitudes spanning less than 2^20 in a block). Otherwise it takes error-free extraction
 // against an anchor (Rump, Ogita and Oishi): a first pass sums |x| per lane, which fixes an anchor
