@@ -783,11 +783,17 @@ public:
 //
 // float32 blocks first take plain summation, the plain path's additions from 0 with no anchor and
 // no first pass: when none of them rounded (env) and the lane sums are finite, those sums are the
-// lanes' exact sums (see sum_state). The flags are read after the block's first eighth as well: a
-// block that rounds there (wide-ranging data) stops, and is read from memory about once. Otherwise
-// the block takes its plan: pass 1, and pass 2 in the same loop on the plan of the thread's last
-// planned block if there is one (`planned`, `plan`: on return the block's own); on a different plan
-// pass 2 alone runs again (compatible()). Either way the partial depends only on the block's data.
+// lanes' exact sums (see sum_state). The plain pass runs in two runs, the block's first eighth and
+// the rest (a fixed split: it decides how the additions are grouped, and so whether they round).
+// When the thread's last block rounded (guess.rounded), the flags are read between the two as well:
+// a block that rounds in its first eighth (wide-ranging data) stops there, and is read from memory
+// about once. When the last block was exact, they are read only at the end: reading them waits for
+// every addition in flight, which cost 5-10% of the speed of an exact 5M float32 sum (L3-resident,
+// one core or two). Either way the block is exact exactly when its plain additions did not round.
+// Otherwise the block takes its plan: pass 1, and pass 2 in the same loop on the plan of the
+// thread's last planned block if there is one (guess.planned, guess.plan: on return the block's
+// own); on a different plan pass 2 alone runs again (compatible()). So the guesses decide only how
+// fast a block is summed: its partial depends only on its data.
 //
 // Only float32 input is anchored. float64 blocks keep TwoSum, one pass: widening is free there, so
 // the sum is memory-bound already at 2^25 elements on two cores, and on heavily cancelling float64
@@ -802,32 +808,39 @@ float_partial float64_block(const nd_view<1>& v, index_t begin, index_t end) noe
     return finish(st);
 }
 
+// What a thread's last float32 blocks say of the next one (see float32_block); speed only.
+struct float32_guess {
+    bool rounded = false;  // the last block's plain sum rounded
+    bool planned = false;  // a block took its plan, and `plan` is the last one's
+    sum_plan plan;
+};
+
 template <class A>
-float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, float_env& env, bool& planned,
-                            sum_plan& plan) noexcept
+float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, float_env& env,
+                            float32_guess& guess) noexcept
 {
     sum_state<double> st;
     magnitudes<float> mag;
     env.clear();
     const index_t probe = std::min(end, begin + sum_block / 8);
     floating_runs<false, true, A>(v, begin, probe, st, mag, sum_path::plain);
-    bool exact = env.exact(st);
-    if (exact && probe < end) {
-        floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::plain);
-        exact = env.exact(st);
-    }
+    bool exact = !guess.rounded || env.exact(st);
+    if (exact && probe < end) floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::plain);
+    exact = exact && env.exact(st);
     for (double s_j : st.s) exact = exact && __builtin_isfinite(s_j);
+    guess.rounded = !exact;
     if (exact) return finish(st);
 
     sum_planned_blocks().fetch_add(1, std::memory_order_relaxed);
-    const bool guessed = planned;
-    const sum_plan guess = guessed ? plan : sum_plan{};
-    st = sum_state<double>(guess);
-    if (guessed) floating_runs<true, true, A>(v, begin, end, st, mag, guess.path);
-    else floating_runs<true, false, A>(v, begin, end, st, mag, guess.path);
-    plan = make_plan(mag);
-    planned = true;
-    if (!guessed || !compatible(guess, plan)) {
+    const bool guessed = guess.planned;
+    const sum_plan first = guessed ? guess.plan : sum_plan{};
+    st = sum_state<double>(first);
+    if (guessed) floating_runs<true, true, A>(v, begin, end, st, mag, first.path);
+    else floating_runs<true, false, A>(v, begin, end, st, mag, first.path);
+    const sum_plan plan = make_plan(mag);
+    guess.plan = plan;
+    guess.planned = true;
+    if (!guessed || !compatible(first, plan)) {
         st = sum_state<double>(plan);
         floating_runs<false, true, A>(v, begin, end, st, mag, plan.path);
     }
@@ -922,13 +935,12 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
     // in order, to emit(b, partial).
     auto run_blocks = [&](auto&& next, auto&& emit) {
         [[maybe_unused]] thread_env block_env;
-        [[maybe_unused]] sum_plan plan;  // of the thread's last planned float32 block
-        [[maybe_unused]] bool planned = false;
+        [[maybe_unused]] float32_guess guess;
         index_t b0, b1;
         while (next(b0, b1))
             for (index_t b = b0; b < b1; ++b) {
                 const index_t begin = b * sum_block, end = std::min(n, begin + sum_block);
-                if constexpr (std::is_same<T, float>::value) emit(b, float32_block<Arch>(v, begin, end, block_env, planned, plan));
+                if constexpr (std::is_same<T, float>::value) emit(b, float32_block<Arch>(v, begin, end, block_env, guess));
                 else if constexpr (std::is_same<T, double>::value) emit(b, float64_block<Arch>(v, begin, end));
                 else emit(b, integer_block<Arch, T>(v, begin, end));
             }

@@ -308,6 +308,32 @@ def test_safe_sum_bit_identical_when_block_plans_change(restore_simd):
         assert np.isnan(memory_ops.safe_sum(x))
 
 
+def test_safe_sum_finds_every_rounding_block_whatever_the_block_before_it(restore_simd):
+    """A thread reads the floating-point flags in the middle of a float32 block only when its last
+    block rounded; after an exact block it reads them at the end alone. Blocks that round only past
+    their first eighth, or within it, must take their plan after an exact block as after a rounding
+    one, whichever thread sums which blocks."""
+    rng = np.random.default_rng(13)
+    # e: exact (1 <= |x| < 2), r: rounds past the first eighth, R: rounds within it
+    pattern = "erereRRreeRerrRe"
+    x = (rng.uniform(1, 2, len(pattern) * 8192) * rng.choice([-1.0, 1.0], len(pattern) * 8192)).astype(np.float32)
+    for b, kind in enumerate(pattern):
+        if kind != "e":
+            x[b * 8192 + (5 if kind == "R" else 5000)] = np.float32(1e-9)  # 2^-30 against lane sums near 2^9
+    rounding = sum(kind != "e" for kind in pattern)
+    exact = math.fsum(x.astype(np.float64).tolist())
+    results = set()
+    for name in SIMD_TARGETS:
+        memory_ops._core._set_simd(name)
+        for n in (1, 2, 3):
+            with memory_ops.threads(n):
+                memory_ops._core._sum_planned_blocks(reset=True)
+                results.add(repr(memory_ops.safe_sum(x)))
+                assert memory_ops._core._sum_planned_blocks(reset=True) == rounding, (name, n)
+    assert len(results) == 1, results
+    assert abs(float(results.pop()) - exact) <= math.ulp(exact)
+
+
 def test_safe_sum_scalar_path_equals_batch_path(restore_simd):
     """Strided and unaligned float32 runs go through the scalar loops; the same elements in a
     contiguous aligned copy go through the batches. Lanes and blocks are the same, so are the bits."""
