@@ -1,4 +1,4 @@
-"""The speed targets of memory_ops, measured side by side in one run, each printed with PASS/FAIL.
+"""The speed targets of memory_ops, measured side by side in one run, each printed with PASS, OUT or FAIL.
 
     PYTHONPATH=. python3 benchmarks/targets.py            # full run, a few minutes on 2 cores
     PYTHONPATH=. python3 benchmarks/targets.py --quick    # fewer repeats, smaller DRAM size
@@ -17,6 +17,11 @@ printed the same way, as references rather than strict bounds: for safe_sum agai
 the same sum over L2-resident data (an estimate of its arithmetic alone, no memory to wait for; it
 came out some percent below the sum's speed from L3); for 2 threads against 1, our 1-thread time
 over the op's STREAM loop at 2 threads (our in-place scale beats that loop).
+
+A line that misses its target reads OUT (out of reach in this run) when its strict ceiling, limit /
+NumPy, is below the target and the ratio is within 10% of that ceiling: no loop could have met the
+target in this run, and ours ran near the limit. Every other miss reads FAIL, those against a
+reference ceiling included.
 """
 
 import argparse
@@ -74,20 +79,40 @@ def interleaved(contenders, repeat, calls=None, min_sample_s=0.005):
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+# How close to a same-run ceiling below its target a ratio must be for the line to read OUT (out of
+# reach in this run) rather than FAIL: the issue's "within 10% of the memory limit".
+REACH = 0.9
+
+
+def verdict(ratio, target, ceiling=None):
+    """PASS when the ratio meets its target; OUT when it does not, but the same run's strict ceiling
+    (the ratio a loop running at the measured limit shows) is below the target and the ratio is within
+    REACH of it, so that no implementation could have met the target in this run; FAIL otherwise."""
+    if ratio >= target:
+        return "PASS"
+    if ceiling is not None and ceiling < target and ratio >= REACH * ceiling:
+        return "OUT"
+    return "FAIL"
+
+
 class Report:
     def __init__(self):
-        self.rows = []
+        self.verdicts = []
 
-    def check(self, label, ratio, target, detail=""):
-        ok = ratio >= target
-        self.rows.append(ok)
-        print(f"{'PASS' if ok else 'FAIL'}  {label:<64} {ratio:6.2f} (target >= {target:g}) {detail}")
+    def check(self, label, ratio, target, detail="", ceiling=None):
+        """ceiling: a strict bound on the ratio measured in the same run, where there is one."""
+        v = verdict(ratio, target, ceiling)
+        self.verdicts.append(v)
+        print(f"{v:<4}  {label:<64} {ratio:6.2f} (target >= {target:g}) {detail}")
 
     def skip(self, label, why):
         print(f"SKIP  {label:<64} {why}")
 
     def summary(self):
-        print(f"\n{sum(self.rows)} of {len(self.rows)} targets met")
+        count = {v: self.verdicts.count(v) for v in ("PASS", "OUT", "FAIL")}
+        print(f"\n{count['PASS']} of {len(self.verdicts)} targets met; {count['OUT']} out of reach in this run "
+              f"(OUT: the same run's ceiling is below the target, and the ratio is within {1 - REACH:.0%} of it); "
+              f"{count['FAIL']} failed")
 
 
 def dram_targets(rep, n, dtype, repeat):
@@ -124,7 +149,7 @@ def dram_targets(rep, n, dtype, repeat):
     }, repeat)
     rep.check(f"scale_copy(out=) vs np.multiply(out=) [{tag}]", t["numpy"] / t["ours"], 1.2,
               f"({2 * nb / t['ours'] / 1e9:.1f} GB/s, {t['limit'] / t['ours']:.0%} of limit; "
-              f"ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})")
+              f"ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})", ceiling=t["numpy"] / t["limit"])
     t = interleaved({
         "ours": lambda: memory_ops.add_arrays(a, b, out=out),
         "numpy": lambda: np.add(a, b, out=out),
@@ -132,7 +157,7 @@ def dram_targets(rep, n, dtype, repeat):
     }, repeat)
     rep.check(f"add_arrays(out=) vs np.add(out=) [{tag}]", t["numpy"] / t["ours"], 1.2,
               f"({3 * nb / t['ours'] / 1e9:.1f} GB/s, {t['limit'] / t['ours']:.0%} of limit; "
-              f"ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})")
+              f"ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})", ceiling=t["numpy"] / t["limit"])
     del out, o64
 
     # The limits here are the STREAM loops writing into a fresh array from the allocator the ops use
@@ -143,14 +168,16 @@ def dram_targets(rep, n, dtype, repeat):
         "limit": lambda: _core._stream("scale", _core._new_float64(a64.size), a64, None, 2.0),
     }, repeat)
     rep.check(f"scale_copy fresh vs a * f [{tag}]", t["numpy"] / t["ours"], 1.4,
-              f"({t['limit'] / t['ours']:.0%} of the fresh limit; ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})")
+              f"({t['limit'] / t['ours']:.0%} of the fresh limit; ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})",
+              ceiling=t["numpy"] / t["limit"])
     t = interleaved({
         "ours": lambda: memory_ops.add_arrays(a, b),
         "numpy": lambda: a + b,
         "limit": lambda: _core._stream("add", _core._new_float64(a64.size), a64, b64),
     }, repeat)
     rep.check(f"add_arrays fresh vs a + b [{tag}]", t["numpy"] / t["ours"], 1.3,
-              f"({t['limit'] / t['ours']:.0%} of the fresh limit; ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})")
+              f"({t['limit'] / t['ours']:.0%} of the fresh limit; ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})",
+              ceiling=t["numpy"] / t["limit"])
 
     # The sum's own arithmetic speed, with no memory to wait for: calls on two slices that stay in
     # the cores' L2 caches (256 and 512 KiB a thread), 64 calls each; their difference is the time of
@@ -169,7 +196,8 @@ def dram_targets(rep, n, dtype, repeat):
     # cheap, can beat NumPy by more here.
     rep.check(f"safe_sum vs a.sum() [{tag}]", t["numpy"] / t["ours"], 1.5,
               f"({nb / t['ours'] / 1e9:.1f} GB/s; a.sum() {nb / t['numpy'] / 1e9:.1f} GB/s, "
-              f"read limit {nb / t['limit'] / 1e9:.1f} GB/s: ceiling limit/a.sum() {t['numpy'] / t['limit']:.2f})")
+              f"read limit {nb / t['limit'] / 1e9:.1f} GB/s: ceiling limit/a.sum() {t['numpy'] / t['limit']:.2f})",
+              ceiling=t["numpy"] / t["limit"])
     # Its ceiling is the sum's arithmetic: the same sum on L2-resident data (an estimate), against the limit.
     rep.check(f"safe_sum vs read limit [{tag}]", t["limit"] / t["ours"], 0.9,
               f"(ceiling: safe_sum from L2 {nb / t['cached'] / 1e9:.1f} GB/s = {t['limit'] / t['cached']:.2f} of the limit)")

@@ -509,3 +509,44 @@ def test_run_restores_the_thread_count():
     assert validate_result(doc) == []
     assert {m["threads"] for m in doc["measurements"] if m["impl"] == "memory_ops"} == {1, 2}
     assert doc["decomposition"] == []  # safe_sum has no output to allocate
+
+
+# ---- benchmarks/targets.py's verdicts ------------------------------------------------------------
+
+
+def _targets_module(repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("targets", repo_root / "benchmarks" / "targets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "ratio, target, ceiling, expected",
+    [
+        (1.5, 1.5, None, "PASS"),
+        (1.6, 1.5, 1.2, "PASS"),  # met: a ceiling below it is only noise in the limit
+        (1.19, 1.5, 1.16, "OUT"),  # above a ceiling that is below the target
+        (1.05, 1.5, 1.16, "OUT"),  # within 10% of it
+        (1.0, 1.5, 1.16, "FAIL"),  # more than 10% below the ceiling: ours is slow, not the machine
+        (1.4, 1.5, 1.6, "FAIL"),  # the target was within reach
+        (1.4, 1.5, None, "FAIL"),  # no strict ceiling: never OUT
+    ],
+)
+def test_targets_verdict_reads_out_only_below_a_ceiling_under_the_target(repo_root, ratio, target, ceiling, expected):
+    assert _targets_module(repo_root).verdict(ratio, target, ceiling) == expected
+
+
+def test_targets_summary_counts_each_verdict(repo_root, capsys):
+    targets = _targets_module(repo_root)
+    rep = targets.Report()
+    rep.check("met", 2.0, 1.5)
+    rep.check("out", 1.19, 1.5, ceiling=1.16)
+    rep.check("failed", 0.5, 1.5, ceiling=1.16)
+    rep.summary()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[:3]] == ["PASS", "OUT", "FAIL"]
+    assert lines[-1].startswith("1 of 3 targets met; 1 out of reach in this run")
+    assert lines[-1].endswith("; 1 failed")
