@@ -147,17 +147,19 @@ def dram_targets(rep, n, dtype, repeat):
         "numpy": lambda: np.multiply(a, 2.0, out=out),
         "limit": lambda: _core._stream("scale", o64, a64, None, 2.0),
     }, repeat)
+    ceiling = t["numpy"] / t["limit"]
     rep.check(f"scale_copy(out=) vs np.multiply(out=) [{tag}]", t["numpy"] / t["ours"], 1.2,
               f"({2 * nb / t['ours'] / 1e9:.1f} GB/s, {t['limit'] / t['ours']:.0%} of limit; "
-              f"ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})", ceiling=t["numpy"] / t["limit"])
+              f"ceiling limit/NumPy {ceiling:.2f})", ceiling=ceiling)
     t = interleaved({
         "ours": lambda: memory_ops.add_arrays(a, b, out=out),
         "numpy": lambda: np.add(a, b, out=out),
         "limit": lambda: _core._stream("add", o64, a64, b64),
     }, repeat)
+    ceiling = t["numpy"] / t["limit"]
     rep.check(f"add_arrays(out=) vs np.add(out=) [{tag}]", t["numpy"] / t["ours"], 1.2,
               f"({3 * nb / t['ours'] / 1e9:.1f} GB/s, {t['limit'] / t['ours']:.0%} of limit; "
-              f"ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})", ceiling=t["numpy"] / t["limit"])
+              f"ceiling limit/NumPy {ceiling:.2f})", ceiling=ceiling)
     del out, o64
 
     # The limits here are the STREAM loops writing into a fresh array from the allocator the ops use
@@ -167,17 +169,19 @@ def dram_targets(rep, n, dtype, repeat):
         "numpy": lambda: a * 2.0,
         "limit": lambda: _core._stream("scale", _core._new_float64(a64.size), a64, None, 2.0),
     }, repeat)
+    ceiling = t["numpy"] / t["limit"]
     rep.check(f"scale_copy fresh vs a * f [{tag}]", t["numpy"] / t["ours"], 1.4,
-              f"({t['limit'] / t['ours']:.0%} of the fresh limit; ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})",
-              ceiling=t["numpy"] / t["limit"])
+              f"({t['limit'] / t['ours']:.0%} of the fresh limit; ceiling limit/NumPy {ceiling:.2f})",
+              ceiling=ceiling)
     t = interleaved({
         "ours": lambda: memory_ops.add_arrays(a, b),
         "numpy": lambda: a + b,
         "limit": lambda: _core._stream("add", _core._new_float64(a64.size), a64, b64),
     }, repeat)
+    ceiling = t["numpy"] / t["limit"]
     rep.check(f"add_arrays fresh vs a + b [{tag}]", t["numpy"] / t["ours"], 1.3,
-              f"({t['limit'] / t['ours']:.0%} of the fresh limit; ceiling limit/NumPy {t['numpy'] / t['limit']:.2f})",
-              ceiling=t["numpy"] / t["limit"])
+              f"({t['limit'] / t['ours']:.0%} of the fresh limit; ceiling limit/NumPy {ceiling:.2f})",
+              ceiling=ceiling)
 
     # The sum's own arithmetic speed, with no memory to wait for: calls on two slices that stay in
     # the cores' L2 caches (256 and 512 KiB a thread), 64 calls each; their difference is the time of
@@ -194,10 +198,11 @@ def dram_targets(rep, n, dtype, repeat):
     t["cached"] = (t["cached large"] - t["cached small"]) / (64 * (large.size - small.size)) * n
     # The ceiling is what the plain read-limit loop itself achieves against a.sum(): no sum, however
     # cheap, can beat NumPy by more here.
+    ceiling = t["numpy"] / t["limit"]
     rep.check(f"safe_sum vs a.sum() [{tag}]", t["numpy"] / t["ours"], 1.5,
               f"({nb / t['ours'] / 1e9:.1f} GB/s; a.sum() {nb / t['numpy'] / 1e9:.1f} GB/s, "
-              f"read limit {nb / t['limit'] / 1e9:.1f} GB/s: ceiling limit/a.sum() {t['numpy'] / t['limit']:.2f})",
-              ceiling=t["numpy"] / t["limit"])
+              f"read limit {nb / t['limit'] / 1e9:.1f} GB/s: ceiling limit/a.sum() {ceiling:.2f})",
+              ceiling=ceiling)
     # Its ceiling is the sum's arithmetic: the same sum on L2-resident data (an estimate), against the limit.
     rep.check(f"safe_sum vs read limit [{tag}]", t["limit"] / t["ours"], 0.9,
               f"(ceiling: safe_sum from L2 {nb / t['cached'] / 1e9:.1f} GB/s = {t['limit'] / t['cached']:.2f} of the limit)")
