@@ -308,19 +308,20 @@ def test_safe_sum_bit_identical_when_block_plans_change(restore_simd):
         assert np.isnan(memory_ops.safe_sum(x))
 
 
-def test_safe_sum_finds_every_rounding_block_whatever_the_block_before_it(restore_simd):
-    """A thread reads the floating-point flags in the middle of a float32 block only when its last
-    block rounded; after an exact block it reads them at the end alone. Blocks that round only past
-    their first eighth, or within it, must take their plan after an exact block as after a rounding
-    one, whichever thread sums which blocks."""
-    rng = np.random.default_rng(13)
-    # e: exact (1 <= |x| < 2), r: rounds past the first eighth, R: rounds within it
-    pattern = "erereRRreeRerrRe"
+def _rounding_blocks(pattern, seed):
+    """float32 blocks of 8192 elements as the pattern says: e exact (1 <= |x| < 2), r rounds past the
+    first eighth, R rounds within it (an element 2^-30 against lane sums near 2^9)."""
+    rng = np.random.default_rng(seed)
     x = (rng.uniform(1, 2, len(pattern) * 8192) * rng.choice([-1.0, 1.0], len(pattern) * 8192)).astype(np.float32)
     for b, kind in enumerate(pattern):
         if kind != "e":
-            x[b * 8192 + (5 if kind == "R" else 5000)] = np.float32(1e-9)  # 2^-30 against lane sums near 2^9
-    rounding = sum(kind != "e" for kind in pattern)
+            x[b * 8192 + (5 if kind == "R" else 5000)] = np.float32(1e-9)
+    return x
+
+
+def _assert_every_rounding_block_planned(x, rounding):
+    """Every SIMD target and 1-3 threads: exactly `rounding` blocks take their plan, and the sums are
+    the same and within an ulp of math.fsum."""
     exact = math.fsum(x.astype(np.float64).tolist())
     results = set()
     for name in SIMD_TARGETS:
@@ -332,6 +333,27 @@ def test_safe_sum_finds_every_rounding_block_whatever_the_block_before_it(restor
                 assert memory_ops._core._sum_planned_blocks(reset=True) == rounding, (name, n)
     assert len(results) == 1, results
     assert abs(float(results.pop()) - exact) <= math.ulp(exact)
+
+
+def test_safe_sum_finds_every_rounding_block_whatever_the_block_before_it(restore_simd):
+    """A thread reads the floating-point flags in the middle of a float32 block only when its last
+    block rounded; after an exact block it reads them at the end alone. Blocks that round only past
+    their first eighth, or within it, must take their plan after an exact block as after a rounding
+    one, whichever thread sums which blocks."""
+    pattern = "erereRRreeRerrRe"
+    _assert_every_rounding_block_planned(_rounding_blocks(pattern, 13), sum(kind != "e" for kind in pattern))
+
+
+def test_safe_sum_finds_every_rounding_block_in_a_group_of_exact_ones(restore_simd):
+    """After a streak of exact float32 blocks a thread sums up to 4 blocks plainly and reads the flags
+    once for the group; the streak it waits for doubles after each group that rounded (4, 8, ... 64).
+    On one thread, each run of exact blocks below is the streak awaited plus the position in a group
+    (its first, or past 67 its second) of the rounding block after it: every position at every streak;
+    the run of 10 ends before a group. Every rounding block must take its plan, whichever blocks the
+    threads take."""
+    runs = [4, 9, 18, 35, 64, 65, 66, 67, 68, 69, 70, 71, 10]
+    pattern = "".join("e" * run + "rR"[k % 2] for k, run in enumerate(runs)) + "e" * 7
+    _assert_every_rounding_block_planned(_rounding_blocks(pattern, 14), len(runs))
 
 
 def test_safe_sum_scalar_path_equals_batch_path(restore_simd):
