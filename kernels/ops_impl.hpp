@@ -651,6 +651,14 @@ struct sum_batches {
             else two_sum(s[k], loaded_once(load_widened<B>(x + k * W)), c[k], plus);
         }
     }
+    // The plain path's second accumulator into the first, as store() and a new sum_batches do.
+    void merge() noexcept
+    {
+        for (index_t k = 0; k < NB; ++k) {
+            s[k] = s[k] + s1[k];
+            s1[k] = B(0.0);
+        }
+    }
     void store(sum_state<double>& st) noexcept
     {
         for (index_t k = 0; k < NB; ++k) {
@@ -675,20 +683,32 @@ struct no_batches {
 // Passes over one run of n elements (byte step `step`), element i into lane i % sum_lanes: pass 1
 // into mag if `measure`, pass 2 along `path` into st if `sum`. Batches of 2 * sum_lanes elements,
 // then one of sum_lanes, then scalar elements: the same operations in the same order on every target.
+// merge_at (the plain path's batches; a multiple of 2 * sum_lanes): the second accumulator is merged
+// there, as where one run ends and the next begins.
 template <bool measure, bool sum, sum_path path, class A, class T>
-void floating_run(sum_state<double>& st, magnitudes<T>& mag, const char* p, index_t n, index_t step) noexcept
+void floating_run(sum_state<double>& st, magnitudes<T>& mag, const char* p, index_t n, index_t step,
+                  index_t merge_at = 0) noexcept
 {
     index_t i = 0;
     if (batch_readable<T>(p, step)) {
         const T* x = reinterpret_cast<const T*>(p);
         sum_batches<path, A, T> r2(st);
         std::conditional_t<measure, magnitude_batches<A, T>, no_batches<T>> r1(mag);
-        for (; i + 2 * sum_lanes <= n; i += 2 * sum_lanes) {
-            if constexpr (sum) r2.template add<0>(x + i);
-            if constexpr (measure) r1.template add<0>(x + i);
-            if constexpr (sum) r2.template add<1>(x + i + sum_lanes);
-            if constexpr (measure) r1.template add<1>(x + i + sum_lanes);
+        auto pairs_to = [&](index_t stop) {
+            for (; i + 2 * sum_lanes <= stop; i += 2 * sum_lanes) {
+                if constexpr (sum) r2.template add<0>(x + i);
+                if constexpr (measure) r1.template add<0>(x + i);
+                if constexpr (sum) r2.template add<1>(x + i + sum_lanes);
+                if constexpr (measure) r1.template add<1>(x + i + sum_lanes);
+            }
+        };
+        if constexpr (sum && path == sum_path::plain) {
+            if (merge_at > 0) {
+                pairs_to(merge_at);
+                r2.merge();
+            }
         }
+        pairs_to(n);
         if (i + sum_lanes <= n) {
             if constexpr (sum) r2.template add<0>(x + i);
             if constexpr (measure) r1.template add<0>(x + i);
@@ -738,6 +758,25 @@ void floating_runs(const nd_view<1>& v, index_t begin, index_t end, sum_state<do
             return over(std::integral_constant<sum_path, sum_path::two_sum>{});
         }
     }
+}
+
+// The plain pass of the float32 block [begin, end) of v, in two runs split at probe (see
+// float32_block), when the flags need not be read between them: a block that is one aligned
+// contiguous run goes through one floating_run that merges at probe what the first run's store would
+// have, so its additions are the two runs' (no store, reload and second loop start in between).
+template <class A>
+void float32_plain_pass(const nd_view<1>& v, index_t begin, index_t probe, index_t end, sum_state<double>& st,
+                        magnitudes<float>& mag) noexcept
+{
+    static_assert(sum_block / 8 % (2 * sum_lanes) == 0, "the first run must end after whole pairs of groups");
+    const index_t step = v.strides[0][0];
+    const char* p = v.data[0] + begin * step;
+    if (v.ndim == 1 && probe < end && batch_readable<float>(p, step)) {
+        floating_run<false, true, sum_path::plain, A, float>(st, mag, p, end - begin, step, probe - begin);
+        return;
+    }
+    floating_runs<false, true, A>(v, begin, probe, st, mag, sum_path::plain);
+    floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::plain);
 }
 
 // The floating-point environment of a thread's floating sum: while it runs, round to nearest, every
@@ -843,9 +882,14 @@ float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, flo
     magnitudes<float> mag;
     env.clear();
     const index_t probe = std::min(end, begin + sum_block / 8);
-    floating_runs<false, true, A>(v, begin, probe, st, mag, sum_path::plain);
-    bool exact = !guess.rounded || env.exact(st);
-    if (exact && probe < end) floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::plain);
+    bool exact = true;
+    if (guess.rounded) {
+        floating_runs<false, true, A>(v, begin, probe, st, mag, sum_path::plain);
+        exact = env.exact(st);
+        if (exact && probe < end) floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::plain);
+    } else {
+        float32_plain_pass<A>(v, begin, probe, end, st, mag);
+    }
     exact = exact && env.exact(st);
     for (double s_j : st.s) exact = exact && __builtin_isfinite(s_j);
     guess.rounded = !exact;
@@ -897,9 +941,7 @@ index_t float32_blocks(const nd_view<1>& v, index_t b, index_t b1, float_env& en
     env.clear();
     for (index_t k = 0; k < g; ++k) {
         const auto [begin, end] = bounds(b + k);
-        const index_t probe = std::min(end, begin + sum_block / 8);
-        floating_runs<false, true, A>(v, begin, probe, st[k], mag, sum_path::plain);
-        floating_runs<false, true, A>(v, probe, end, st[k], mag, sum_path::plain);
+        float32_plain_pass<A>(v, begin, std::min(end, begin + sum_block / 8), end, st[k], mag);
     }
     bool exact = env.exact(st);
     for (index_t k = 0; k < g; ++k)
