@@ -683,8 +683,9 @@ struct no_batches {
 // Passes over one run of n elements (byte step `step`), element i into lane i % sum_lanes: pass 1
 // into mag if `measure`, pass 2 along `path` into st if `sum`. Batches of 2 * sum_lanes elements,
 // then one of sum_lanes, then scalar elements: the same operations in the same order on every target.
-// merge_at (the plain path's batches; a multiple of 2 * sum_lanes): the second accumulator is merged
-// there, as where one run ends and the next begins.
+// merge_at (the plain path's batches only; a multiple of 2 * sum_lanes, at most n): the second
+// accumulator is merged there, as where one run ends and the next begins. (The scalar loop ignores
+// it: callers give it only runs that batch_readable accepts.)
 template <bool measure, bool sum, sum_path path, class A, class T>
 void floating_run(sum_state<double>& st, magnitudes<T>& mag, const char* p, index_t n, index_t step,
                   index_t merge_at = 0) noexcept
@@ -769,11 +770,13 @@ void float32_plain_pass(const nd_view<1>& v, index_t begin, index_t probe, index
                         magnitudes<float>& mag) noexcept
 {
     static_assert(sum_block / 8 % (2 * sum_lanes) == 0, "the first run must end after whole pairs of groups");
-    const index_t step = v.strides[0][0];
-    const char* p = v.data[0] + begin * step;
-    if (v.ndim == 1 && probe < end && batch_readable<float>(p, step)) {
-        floating_run<false, true, sum_path::plain, A, float>(st, mag, p, end - begin, step, probe - begin);
-        return;
+    if (v.ndim == 1 && probe < end) {
+        const index_t step = v.strides[0][0];
+        const char* p = v.data[0] + begin * step;
+        if (batch_readable<float>(p, step)) {
+            floating_run<false, true, sum_path::plain, A, float>(st, mag, p, end - begin, step, probe - begin);
+            return;
+        }
     }
     floating_runs<false, true, A>(v, begin, probe, st, mag, sum_path::plain);
     floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::plain);

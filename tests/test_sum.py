@@ -365,16 +365,19 @@ def test_sum_float32_plain_sum_merges_its_second_accumulator_after_the_first_eig
     first run's end merges the odd groups' accumulator into the lanes. Lane 0 holds 2^53 in group 62
     and 1 in group 63 (odd): the merge at 1024 rounds 2^53 + 1, so the block takes its plan, before
     -2^53 in group 64 could cancel it. The one-loop pass of an aligned contiguous block must merge
-    there too, in any block of an array (block 0, and block 9 after a streak of exact ones, summed in a
-    group), as the strided and unaligned runs do."""
-    x = np.zeros(12 * 8192, np.float32)
-    for b in (0, 9):
+    there too, as the strided and unaligned runs do. On one thread block 0 is summed in a group, then
+    again after a rounding block, block 3 alone after exact ones and block 12 in a group again; on
+    two threads every block alone."""
+    x = np.zeros(16 * 8192, np.float32)
+    for b in (0, 3, 12):
         x[b * 8192 + np.array([992, 1008, 1024])] = [2.0**53, 1.0, -(2.0**53)]
     for layout in LAYOUTS_1D:
         view, _ = make_layout(x, layout)
         if layout == "neg_step2":
             continue  # reversed: other lanes, another sum
-        assert _sum_and_planned_blocks(view) == (2.0, 2), layout
+        for n in (1, 2):
+            with memory_ops.threads(n):
+                assert _sum_and_planned_blocks(view) == (3.0, 3), (layout, n)
 
 
 # ---- the caller's floating-point environment -------------------------------------------------------

@@ -348,8 +348,9 @@ def test_safe_sum_finds_every_rounding_block_in_a_group_of_exact_ones(restore_si
     """After a streak of exact float32 blocks a thread sums up to 4 blocks plainly and reads the flags
     once for the group; the streak it waits for doubles after each group that rounded (4, 8, ... 64).
     On one thread, each run of exact blocks below is the streak awaited plus the position in a group
-    (its first, or past 67 its second) of the rounding block after it: every position at every streak;
-    the run of 10 ends before a group. Every rounding block must take its plan, whichever blocks the
+    (its first, or past 67 its second) of the rounding block after it: the streaks of 4, 8, 16 and 32
+    put it at positions 0, 1, 2 and 3 in turn, the streak of 64 at every position of both groups; the
+    run of 10 ends before a group. Every rounding block must take its plan, whichever blocks the
     threads take."""
     runs = [4, 9, 18, 35, 64, 65, 66, 67, 68, 69, 70, 71, 10]
     pattern = "".join("e" * run + "rR"[k % 2] for k, run in enumerate(runs)) + "e" * 7
