@@ -844,7 +844,8 @@ public:
 // a block that rounds in its first eighth (wide-ranging data) stops there, and is read from memory
 // about once. When the last block was exact, they are read only at the end (after a streak of exact
 // blocks, once for a group of blocks: float32_blocks): reading them waits for every addition in
-// flight, which cost 5-10% of the speed of an exact 5M float32 sum (L3-resident, one core or two). Either way the block is exact exactly when its plain additions did not round.
+// flight, which cost 5-10% of the speed of an exact 5M float32 sum (L3-resident, one core or two).
+// Either way the block is exact exactly when its plain additions did not round.
 // Otherwise the block takes its plan: pass 1, and pass 2 in the same loop on the plan of the
 // thread's last planned block if there is one (guess.planned, guess.plan: on return the block's
 // own); on a different plan pass 2 alone runs again (compatible()). So the guesses decide only how
