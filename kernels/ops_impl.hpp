@@ -840,7 +840,7 @@ public:
 // no first pass: when none of them rounded (env) and the lane sums are finite, those sums are the
 // lanes' exact sums (see sum_state). The plain pass runs in two runs, the block's first eighth and
 // the rest (a fixed split: it decides how the additions are grouped, and so whether they round).
-// When the thread's last block rounded (guess.rounded), the flags are read between the two as well:
+// When the thread's last block rounded (guess.streak == 0), the flags are read between the two too:
 // a block that rounds in its first eighth (wide-ranging data) stops there, and is read from memory
 // about once. When the last block was exact, they are read only at the end (after a streak of exact
 // blocks, once for a group of blocks: float32_blocks): reading them waits for every addition in
@@ -871,10 +871,9 @@ constexpr index_t sum_group_backoff = 64;  // the most exact blocks in a row it 
 // What a thread's last float32 blocks say of the next ones (see float32_block, float32_blocks);
 // speed only.
 struct float32_guess {
-    bool rounded = false;  // the last block's plain sum rounded
     bool planned = false;  // a block took its plan, and `plan` is the last one's
     sum_plan plan;
-    index_t streak = sum_group;  // the last blocks' plain sums that did not round, in a row
+    index_t streak = sum_group;  // the last blocks' plain sums that did not round, in a row (0: the last rounded)
     index_t needed = sum_group;  // the streak after which blocks are summed in groups again
 };
 
@@ -887,7 +886,7 @@ float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, flo
     env.clear();
     const index_t probe = std::min(end, begin + sum_block / 8);
     bool exact = true;
-    if (guess.rounded) {
+    if (guess.streak == 0) {
         floating_runs<false, true, A>(v, begin, probe, st, mag, sum_path::plain);
         exact = env.exact(st);
         if (exact && probe < end) floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::plain);
@@ -896,7 +895,6 @@ float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, flo
     }
     exact = exact && env.exact(st);
     for (double s_j : st.s) exact = exact && __builtin_isfinite(s_j);
-    guess.rounded = !exact;
     guess.streak = exact ? guess.streak + 1 : 0;
     if (exact) return finish(st);
 
@@ -956,7 +954,7 @@ index_t float32_blocks(const nd_view<1>& v, index_t b, index_t b1, float_env& en
         return g;
     }
     guess.needed = std::min(sum_group_backoff, 2 * guess.needed);
-    guess.rounded = true;  // (some block of the group did)
+    guess.streak = 0;  // (some block of the group rounded)
     for (index_t k = 0; k < g; ++k) {
         const auto [begin, end] = bounds(b + k);
         emit(b + k, float32_block<A>(v, begin, end, env, guess));
