@@ -380,6 +380,28 @@ def test_sum_float32_plain_sum_merges_its_second_accumulator_after_the_first_eig
                 assert _sum_and_planned_blocks(view) == (3.0, 3), (layout, n)
 
 
+def test_sum_float32_exact_block_whose_lane_tree_rounds_keeps_the_trees_error():
+    """An exact block's lanes are combined by a pairwise tree; when its plain additions round, the
+    TwoSums' errors must be kept. Lanes 0, 1 and 3 of a block hold -2^49, 1 + 2^-23 and 2^49, one
+    element each: no plain addition rounds, but the tree rounds (1 + 2^-23) + 2^49, and without its
+    error the block sums to 1 instead of 1 + 2^-23. Block 4 rounds plainly (2^53 + 1 in one lane)
+    and takes its plan. On one thread blocks 0-3 are summed in a group, 6 and 8 alone after the
+    rounding block, and 15 in the last group (13-15); on two threads every block alone."""
+    x = np.zeros(16 * 8192, np.float32)
+    tree_rounds = (0, 1, 2, 3, 6, 8, 15)
+    for b in tree_rounds:
+        x[b * 8192 + np.array([0, 1, 3])] = [-(2.0**49), 1 + 2.0**-23, 2.0**49]
+    x[4 * 8192 + np.array([0, 32, 64])] = [2.0**53, 1.0, -(2.0**53)]
+    expected = len(tree_rounds) * (1 + 2.0**-23) + 1.0
+    for layout in LAYOUTS_1D:
+        view, _ = make_layout(x, layout)
+        if layout == "neg_step2":
+            continue  # reversed: other lanes, another sum
+        for n in (1, 2):
+            with memory_ops.threads(n):
+                assert _sum_and_planned_blocks(view) == (expected, 1), (layout, n)
+
+
 # ---- the caller's floating-point environment -------------------------------------------------------
 
 
