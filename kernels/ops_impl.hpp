@@ -796,6 +796,30 @@ void float32_plain_pass(const nd_view<1>& v, index_t begin, index_t probe, index
     floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::plain);
 }
 
+// The plain passes of g whole blocks of contiguous float32 from x (batch_readable), into st[0, g):
+// what float32_plain_pass does to each (merge at the first eighth, then the rest; sum_block is a
+// whole number of pairs of groups), in one loop nest. Called block by block instead, through
+// float32_plain_pass and floating_run, a 5M float32 sum ran 5-8% slower (L3-resident, one core or
+// two; in L2, one core, 5-6%).
+template <class A>
+void float32_plain_whole_blocks(const float* x, index_t g, sum_state<double>* st) noexcept
+{
+    static_assert(sum_block % (2 * sum_lanes) == 0, "a block must be whole pairs of groups");
+    for (index_t k = 0; k < g; ++k, x += sum_block) {
+        sum_batches<sum_path::plain, A, float> r(st[k]);
+        auto pairs = [&](index_t i, index_t stop) {
+            for (; i < stop; i += 2 * sum_lanes) {
+                r.template add<0>(x + i);
+                r.template add<1>(x + i + sum_lanes);
+            }
+        };
+        pairs(0, sum_block / 8);
+        r.merge();
+        pairs(sum_block / 8, sum_block);
+        r.store(st[k]);
+    }
+}
+
 // The floating-point environment of a thread's floating sum: while it runs, round to nearest, every
 // exception masked and (x86) no flush-to-zero or denormals-are-zero, which a library built with
 // -ffast-math may have set; afterwards the caller's environment, flags included. (Elsewhere the C
@@ -934,7 +958,8 @@ float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, flo
 
 // The partials of the float32 blocks from b on, to emit(block, partial), up to block b1; returns how
 // many blocks it took. After a streak of blocks that did not round, up to sum_group of them are
-// summed plainly, each as float32_block's plain pass does (the same runs, so the same additions), and
+// summed plainly, each as float32_block's plain pass does (the same runs, so the same additions;
+// contiguous whole blocks in one loop nest: float32_plain_whole_blocks), and
 // the flags are read once, at the end, not once per block: each read waits for every addition in
 // flight, and the clear before it costs too (an exact 5M float32 sum, L3-resident, ran 5-7% faster on
 // one core and on two). The flags are sticky, so when they show no rounding, none of the group's blocks
@@ -960,7 +985,16 @@ index_t float32_blocks(const nd_view<1>& v, index_t b, index_t b1, float_env& en
     sum_state<double> st[sum_group];
     magnitudes<float> mag;
     env.clear();
-    for (index_t k = 0; k < g; ++k) {
+    index_t k = 0;
+    if (v.ndim == 1) {
+        const index_t step = v.strides[0][0];
+        const char* p = v.data[0] + b * sum_block * step;
+        if (batch_readable<float>(p, step)) {
+            k = std::min(g, n / sum_block - b);  // the group's whole blocks (all but a short last one)
+            float32_plain_whole_blocks<A>(reinterpret_cast<const float*>(p), k, st);
+        }
+    }
+    for (; k < g; ++k) {
         const auto [begin, end] = bounds(b + k);
         float32_plain_pass<A>(v, begin, std::min(end, begin + sum_block / 8), end, st[k], mag);
     }
