@@ -366,19 +366,25 @@ def test_sum_float32_plain_sum_merges_its_second_accumulator_after_the_first_eig
     and 1 in group 63 (odd): the merge at 1024 rounds 2^53 + 1, so the block takes its plan, before
     -2^53 in group 64 could cancel it. The one-loop pass of an aligned contiguous block, and the
     loop nest over a group's whole contiguous blocks, must merge there too, as the strided and
-    unaligned runs do. On one thread block 0 is summed in a group, then
-    again after a rounding block, block 3 alone after exact ones and block 12 in a group again; on
-    two threads every block alone."""
+    unaligned runs do. On one thread block 0 is summed in a group, then again after a rounding
+    block, block 3 alone after exact ones and block 12 in a group again; on two threads every block
+    alone."""
     x = np.zeros(16 * 8192, np.float32)
     for b in (0, 3, 12):
         x[b * 8192 + np.array([992, 1008, 1024])] = [2.0**53, 1.0, -(2.0**53)]
+    _assert_forward_layouts_sum(x, 3.0, planned_blocks=3)
+
+
+def _assert_forward_layouts_sum(x, expected, planned_blocks):
+    """safe_sum of x, and how many of its blocks took their plan, in every 1-d layout but the
+    reversed one (its elements fall in other lanes: another sum), on 1 and 2 threads."""
     for layout in LAYOUTS_1D:
         view, _ = make_layout(x, layout)
         if layout == "neg_step2":
-            continue  # reversed: other lanes, another sum
+            continue
         for n in (1, 2):
             with memory_ops.threads(n):
-                assert _sum_and_planned_blocks(view) == (3.0, 3), (layout, n)
+                assert _sum_and_planned_blocks(view) == (expected, planned_blocks), (layout, n)
 
 
 def test_sum_float32_exact_block_whose_lane_tree_rounds_keeps_the_trees_error():
@@ -393,14 +399,7 @@ def test_sum_float32_exact_block_whose_lane_tree_rounds_keeps_the_trees_error():
     for b in tree_rounds:
         x[b * 8192 + np.array([0, 1, 3])] = [-(2.0**49), 1 + 2.0**-23, 2.0**49]
     x[4 * 8192 + np.array([0, 32, 64])] = [2.0**53, 1.0, -(2.0**53)]
-    expected = len(tree_rounds) * (1 + 2.0**-23) + 1.0
-    for layout in LAYOUTS_1D:
-        view, _ = make_layout(x, layout)
-        if layout == "neg_step2":
-            continue  # reversed: other lanes, another sum
-        for n in (1, 2):
-            with memory_ops.threads(n):
-                assert _sum_and_planned_blocks(view) == (expected, 1), (layout, n)
+    _assert_forward_layouts_sum(x, len(tree_rounds) * (1 + 2.0**-23) + 1.0, planned_blocks=1)
 
 
 # ---- the caller's floating-point environment -------------------------------------------------------
