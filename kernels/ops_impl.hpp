@@ -965,7 +965,8 @@ float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, flo
 // one core and on two). The flags are sticky, so when they show no rounding, none of the group's blocks
 // rounded, and their lanes are the partials block by block reading gives, finished after the read
 // (the lane trees may round) as float32_block finishes one: all the group's trees, then one more read
-// (see lane_tree). Otherwise float32_block sums each of them again, and the streak it takes to group
+// (see lane_tree; if any tree rounded, every block of the group takes finish(), which gives the same
+// partials more slowly). Otherwise float32_block sums each of them again, and the streak it takes to group
 // again doubles, up to sum_group_backoff (for the rest of the call). So data where rounding blocks
 // come often goes back to reading the flags block by block after a few missed groups, and where they
 // are rare a missed group wastes at most sum_group plain passes in every sum_group_backoff blocks.

@@ -375,6 +375,19 @@ def test_sum_float32_plain_sum_merges_its_second_accumulator_after_the_first_eig
     _assert_forward_layouts_sum(x, 3.0, planned_blocks=3)
 
 
+
+def test_sum_float32_group_ending_in_a_short_block_reads_only_its_view():
+    """On one thread, blocks 4 and 5 of a float32 view of 5 blocks and 100 elements are summed as
+    a group: block 4 whole (one loop nest over the group's whole contiguous blocks), block 5 short,
+    on its own. The views end inside a base array of ones, so a pass that took the short block for
+    a whole one would add the base's next 8092 ones."""
+    base = np.ones(6 * 8192 + 1, np.float32)
+    n = 5 * 8192 + 100
+    for view in (base[:n], base[1 : n + 1]):
+        for threads in (1, 2):
+            with memory_ops.threads(threads):
+                assert memory_ops.safe_sum(view) == n, threads
+
 def _assert_forward_layouts_sum(x, expected, planned_blocks):
     """safe_sum of x, and how many of its blocks took their plan, in every 1-d layout but the
     reversed one (its elements fall in other lanes: another sum), on 1 and 2 threads."""
