@@ -697,33 +697,20 @@ struct no_batches {
 // Passes over one run of n elements (byte step `step`), element i into lane i % sum_lanes: pass 1
 // into mag if `measure`, pass 2 along `path` into st if `sum`. Batches of 2 * sum_lanes elements,
 // then one of sum_lanes, then scalar elements: the same operations in the same order on every target.
-// merge_at (the plain path's batches only; a multiple of 2 * sum_lanes, at most n): the second
-// accumulator is merged there, as where one run ends and the next begins. (The scalar loop ignores
-// it: callers give it only runs that batch_readable accepts.)
 template <bool measure, bool sum, sum_path path, class A, class T>
-void floating_run(sum_state<double>& st, magnitudes<T>& mag, const char* p, index_t n, index_t step,
-                  index_t merge_at = 0) noexcept
+void floating_run(sum_state<double>& st, magnitudes<T>& mag, const char* p, index_t n, index_t step) noexcept
 {
     index_t i = 0;
     if (batch_readable<T>(p, step)) {
         const T* x = reinterpret_cast<const T*>(p);
         sum_batches<path, A, T> r2(st);
         std::conditional_t<measure, magnitude_batches<A, T>, no_batches<T>> r1(mag);
-        auto pairs_to = [&](index_t stop) {
-            for (; i + 2 * sum_lanes <= stop; i += 2 * sum_lanes) {
-                if constexpr (sum) r2.template add<0>(x + i);
-                if constexpr (measure) r1.template add<0>(x + i);
-                if constexpr (sum) r2.template add<1>(x + i + sum_lanes);
-                if constexpr (measure) r1.template add<1>(x + i + sum_lanes);
-            }
-        };
-        if constexpr (sum && path == sum_path::plain) {
-            if (merge_at > 0) {
-                pairs_to(merge_at);
-                r2.merge();
-            }
+        for (; i + 2 * sum_lanes <= n; i += 2 * sum_lanes) {
+            if constexpr (sum) r2.template add<0>(x + i);
+            if constexpr (measure) r1.template add<0>(x + i);
+            if constexpr (sum) r2.template add<1>(x + i + sum_lanes);
+            if constexpr (measure) r1.template add<1>(x + i + sum_lanes);
         }
-        pairs_to(n);
         if (i + sum_lanes <= n) {
             if constexpr (sum) r2.template add<0>(x + i);
             if constexpr (measure) r1.template add<0>(x + i);
@@ -775,36 +762,30 @@ void floating_runs(const nd_view<1>& v, index_t begin, index_t end, sum_state<do
     }
 }
 
-// The plain pass of the float32 block [begin, end) of v, in two runs split at probe (see
-// float32_block), when the flags need not be read between them: a block that is one aligned
-// contiguous run goes through one floating_run that merges at probe what the first run's store would
-// have, so its additions are the two runs' (no store, reload and second loop start in between).
-template <class A>
-void float32_plain_pass(const nd_view<1>& v, index_t begin, index_t probe, index_t end, sum_state<double>& st,
-                        magnitudes<float>& mag) noexcept
+// Where the plain pass of the float32 block beginning at `begin` splits it (see float32_block): after
+// its first eighth, or at its end.
+inline index_t first_run_end(index_t begin, index_t end) noexcept { return std::min(end, begin + sum_block / 8); }
+
+// The float32 elements of v from `begin` on as one pointer, when they are contiguous and
+// batch_readable (a 1-d view); otherwise nullptr.
+inline const float* contiguous_floats(const nd_view<1>& v, index_t begin) noexcept
 {
-    static_assert(sum_block / 8 % (2 * sum_lanes) == 0, "the first run must end after whole pairs of groups");
-    if (v.ndim == 1 && probe < end) {
-        const index_t step = v.strides[0][0];
-        const char* p = v.data[0] + begin * step;
-        if (batch_readable<float>(p, step)) {
-            floating_run<false, true, sum_path::plain, A, float>(st, mag, p, end - begin, step, probe - begin);
-            return;
-        }
-    }
-    floating_runs<false, true, A>(v, begin, probe, st, mag, sum_path::plain);
-    floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::plain);
+    if (v.ndim != 1) return nullptr;
+    const index_t step = v.strides[0][0];
+    const char* p = v.data[0] + begin * step;
+    return batch_readable<float>(p, step) ? reinterpret_cast<const float*>(p) : nullptr;
 }
 
-// The plain passes of g whole blocks of contiguous float32 from x (batch_readable), into st[0, g):
-// what float32_plain_pass does to each (merge at the first eighth, then the rest; sum_block is a
-// whole number of pairs of groups), in one loop nest. Called block by block instead, through
-// float32_plain_pass and floating_run, a 5M float32 sum ran 5-8% slower (L3-resident, one core or
+// The plain passes of g whole blocks of contiguous float32 from x, into st[0, g): the additions of
+// the two runs of float32_plain_pass (the first eighth, its second accumulator merged at its end as
+// that run's store merges it, then the rest; sum_block is a whole number of pairs of groups), in one
+// loop nest, with no store, reload and loop start between the runs. Called one block at a time,
+// through floating_run for each run, a 5M float32 sum ran 5-8% slower (L3-resident, one core or
 // two; in L2, one core, 5-6%).
 template <class A>
 void float32_plain_whole_blocks(const float* x, index_t g, sum_state<double>* st) noexcept
 {
-    static_assert(sum_block % (2 * sum_lanes) == 0, "a block must be whole pairs of groups");
+    static_assert(sum_block / 8 % (2 * sum_lanes) == 0, "the first run must end after whole pairs of groups");
     for (index_t k = 0; k < g; ++k, x += sum_block) {
         sum_batches<sum_path::plain, A, float> r(st[k]);
         auto pairs = [&](index_t i, index_t stop) {
@@ -818,6 +799,21 @@ void float32_plain_whole_blocks(const float* x, index_t g, sum_state<double>* st
         pairs(sum_block / 8, sum_block);
         r.store(st[k]);
     }
+}
+
+// The plain pass of the float32 block [begin, end) of v, in two runs split at first_run_end (see
+// float32_block), when the flags need not be read between them: a whole contiguous block through
+// float32_plain_whole_blocks, any other as the two runs.
+template <class A>
+void float32_plain_pass(const nd_view<1>& v, index_t begin, index_t end, sum_state<double>& st,
+                        magnitudes<float>& mag) noexcept
+{
+    if (end - begin == sum_block) {
+        if (const float* x = contiguous_floats(v, begin)) return float32_plain_whole_blocks<A>(x, 1, &st);
+    }
+    const index_t probe = first_run_end(begin, end);
+    floating_runs<false, true, A>(v, begin, probe, st, mag, sum_path::plain);
+    floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::plain);
 }
 
 // The floating-point environment of a thread's floating sum: while it runs, round to nearest, every
@@ -923,14 +919,14 @@ float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, flo
     sum_state<double> st;
     magnitudes<float> mag;
     env.clear();
-    const index_t probe = std::min(end, begin + sum_block / 8);
     bool exact = true;
     if (guess.streak == 0) {
+        const index_t probe = first_run_end(begin, end);
         floating_runs<false, true, A>(v, begin, probe, st, mag, sum_path::plain);
         exact = env.exact(st);
         if (exact && probe < end) floating_runs<false, true, A>(v, probe, end, st, mag, sum_path::plain);
     } else {
-        float32_plain_pass<A>(v, begin, probe, end, st, mag);
+        float32_plain_pass<A>(v, begin, end, st, mag);
     }
     exact = exact && env.exact(st);
     for (double s_j : st.s) exact = exact && __builtin_isfinite(s_j);
@@ -959,7 +955,7 @@ float_partial float32_block(const nd_view<1>& v, index_t begin, index_t end, flo
 // The partials of the float32 blocks from b on, to emit(block, partial), up to block b1; returns how
 // many blocks it took. After a streak of blocks that did not round, up to sum_group of them are
 // summed plainly, each as float32_block's plain pass does (the same runs, so the same additions;
-// contiguous whole blocks in one loop nest: float32_plain_whole_blocks), and
+// the group's whole contiguous blocks in one loop nest: float32_plain_whole_blocks), and
 // the flags are read once, at the end, not once per block: each read waits for every addition in
 // flight, and the clear before it costs too (an exact 5M float32 sum, L3-resident, ran 5-7% faster on
 // one core and on two). The flags are sticky, so when they show no rounding, none of the group's blocks
@@ -987,17 +983,13 @@ index_t float32_blocks(const nd_view<1>& v, index_t b, index_t b1, float_env& en
     magnitudes<float> mag;
     env.clear();
     index_t whole = 0;  // the group's whole contiguous blocks (all but a short last one), if any
-    if (v.ndim == 1) {
-        const index_t step = v.strides[0][0];
-        const char* p = v.data[0] + b * sum_block * step;
-        if (batch_readable<float>(p, step)) {
-            whole = std::min(g, n / sum_block - b);
-            float32_plain_whole_blocks<A>(reinterpret_cast<const float*>(p), whole, st);
-        }
+    if (const float* x = contiguous_floats(v, b * sum_block)) {
+        whole = std::min(g, n / sum_block - b);
+        float32_plain_whole_blocks<A>(x, whole, st);
     }
     for (index_t k = whole; k < g; ++k) {
         const auto [begin, end] = bounds(b + k);
-        float32_plain_pass<A>(v, begin, std::min(end, begin + sum_block / 8), end, st[k], mag);
+        float32_plain_pass<A>(v, begin, end, st[k], mag);
     }
     bool exact = env.exact(st);
     for (index_t k = 0; k < g; ++k)

@@ -364,9 +364,8 @@ def test_sum_float32_plain_sum_merges_its_second_accumulator_after_the_first_eig
     """A block's plain pass runs as two runs, its first eighth (1024 elements) and the rest, and the
     first run's end merges the odd groups' accumulator into the lanes. Lane 0 holds 2^53 in group 62
     and 1 in group 63 (odd): the merge at 1024 rounds 2^53 + 1, so the block takes its plan, before
-    -2^53 in group 64 could cancel it. The one-loop pass of an aligned contiguous block, and the
-    loop nest over a group's whole contiguous blocks, must merge there too, as the strided and
-    unaligned runs do. On one thread block 0 is summed in a group, then again after a rounding
+    -2^53 in group 64 could cancel it. The loop nest over whole contiguous blocks (one alone or a
+    group's) must merge there too, as the two runs of strided and unaligned blocks do. On one thread block 0 is summed in a group, then again after a rounding
     block, block 3 alone after exact ones and block 12 in a group again; on two threads every block
     alone."""
     x = np.zeros(16 * 8192, np.float32)
