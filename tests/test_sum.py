@@ -208,6 +208,28 @@ def test_sum_cancellation_pattern_is_exact(big, dtype, reps):
     assert abs(s - exact) <= np_error
 
 
+# Knuth's TwoSum computes t - s, which overflows when x is DBL_MAX and s small of the other sign even
+# though s + x does not: the sum came out NaN with an "invalid value" warning.
+NEAR_MAX_PAIRS = [(-2.9937604643020797e292, np.finfo(np.float64).max),
+                  (-8.988465674311575e307, np.finfo(np.float64).max),
+                  (6.985441083371519e292, -np.finfo(np.float64).max)]
+
+
+@pytest.mark.parametrize("small, huge", NEAR_MAX_PAIRS, ids=repr)
+@pytest.mark.parametrize("gap", [16, 32, 8, 2**13, 3 * 2**13 + 16], ids=lambda g: f"gap={g}")
+def test_sum_float64_near_max_is_finite_where_its_sum_is(small, huge, gap, nthreads):
+    """The two values one lane apart (gap 16, 32: in the SIMD loop, in both halves of a pair of
+    groups), in different lanes of a block (8) and in different blocks; forward, reversed and
+    strided."""
+    a = np.zeros(4 * 2**13 + 5)
+    a[7], a[7 + gap] = small, huge
+    expected = math.fsum([small, huge])
+    assert math.isfinite(expected)
+    for view in (a, a[::-1], a[1:], np.repeat(a, 2)[::2]):
+        with np.errstate(all="raise"):
+            assert memory_ops.safe_sum(view) == expected == float(view.sum())
+
+
 def _cancelling(rng, n, max_exp):
     """n random values of magnitudes 2**0..2**max_exp, with their negatives, plus O(1) noise."""
     x = rng.uniform(-1, 1, n) * 2.0 ** rng.integers(0, max_exp, n)
