@@ -387,14 +387,13 @@ def test_sum_float32_plain_sum_merges_its_second_accumulator_after_the_first_eig
     first run's end merges the odd groups' accumulator into the lanes. Lane 0 holds 2^53 in group 62
     and 1 in group 63 (odd): the merge at 1024 rounds 2^53 + 1, so the block takes its plan, before
     -2^53 in group 64 could cancel it. The loop nest over whole contiguous blocks (one alone or a
-    group's) must merge there too, as the two runs of strided and unaligned blocks do. On one thread block 0 is summed in a group, then again after a rounding
-    block, block 3 alone after exact ones and block 12 in a group again; on two threads every block
-    alone."""
+    group's) must merge there too, as the two runs of strided and unaligned blocks do. On one thread
+    block 0 is summed in a group, then again after a rounding block, block 3 alone after exact ones
+    and block 12 in a group again; on two threads every block alone."""
     x = np.zeros(16 * 8192, np.float32)
     for b in (0, 3, 12):
         x[b * 8192 + np.array([992, 1008, 1024])] = [2.0**53, 1.0, -(2.0**53)]
     _assert_forward_layouts_sum(x, 3.0, planned_blocks=3)
-
 
 
 def test_sum_float32_group_ending_in_a_short_block_reads_only_its_view():
@@ -408,6 +407,7 @@ def test_sum_float32_group_ending_in_a_short_block_reads_only_its_view():
         for threads in (1, 2):
             with memory_ops.threads(threads):
                 assert memory_ops.safe_sum(view) == n, threads
+
 
 def _assert_forward_layouts_sum(x, expected, planned_blocks):
     """safe_sum of x, and how many of its blocks took their plan, in every 1-d layout but the
