@@ -5,6 +5,7 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,18 @@ namespace memory_ops::bind {
 namespace {
 
 bool is_float(native t) { return t == native::f32 || t == native::f64; }
+
+// The GIL, released around a kernel over more than 500 elements, as NumPy releases it around a loop
+// (NPY_BEGIN_THREADS_THRESHOLDED): below that, dropping and retaking it costs more than the loop.
+class release_gil_above_threshold {
+    std::optional<py::gil_scoped_release> released_;
+
+public:
+    explicit release_gil_above_threshold(py::ssize_t elements)
+    {
+        if (elements > 500) released_.emplace();
+    }
+};
 
 // Whether `factor` is a Python float that NumPy would turn into a float32/float64 t silently (weak
 // scalar, NEP 50), so the shortcut static_cast gives NumPy's value without skipping its overflow
@@ -144,7 +157,7 @@ py::object elementwise(const char* op, ufunc u, std::array<py::array, N - 1> inp
     {
         // Safe without the GIL: the kernel touches only the raw buffers, which `target` and `inputs`
         // keep alive until this scope ends; no Python object is used inside.
-        py::gil_scoped_release nogil;
+        release_gil_above_threshold nogil(target.size());
         raised = kernel(view);
     }
 
@@ -224,7 +237,8 @@ void scale_inplace(const py::object& arr, const py::object& factor)
     const py::array source = may_self_overlap(a) ? py::array(a.attr("copy")()) : a;
     const nd_view<2> view = make_view<2>({&a, &source});
     auto run = [&](auto tag, auto f) {
-        py::gil_scoped_release nogil;  // the kernel touches only a's and source's buffers, kept alive here
+        // the kernel touches only a's and source's buffers, kept alive here
+        release_gil_above_threshold nogil(a.size());
         return run_kernel<scale_kernel>(tag, view, f);
     };
     const double d = fast ? PyFloat_AS_DOUBLE(factor.ptr()) : 0.0;
@@ -287,14 +301,14 @@ py::object safe_sum(const py::object& arr)
         using T = typename decltype(tag)::type;
         sum_result_t<T> total;
         {
-            py::gil_scoped_release nogil;  // the kernel reads only a's buffer, kept alive by `a`
+            release_gil_above_threshold nogil(a.size());  // the kernel reads only a's buffer, kept alive by `a`
             total = run_kernel<sum_kernel>(tag, view);
         }
         if constexpr (std::is_floating_point<T>::value) {
             if (!std::isfinite(total)) {
                 unsigned held;
                 {
-                    py::gil_scoped_release nogil;
+                    release_gil_above_threshold nogil(a.size());
                     held = run_kernel<nonfinite_kernel>(tag, view);
                 }
                 report_sum_exceptions(total, held);

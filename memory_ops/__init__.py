@@ -4,7 +4,8 @@ Four operations that never copy what they need not copy: ``scale_copy`` (``input
 ``scale_inplace`` (``arr *= factor``), ``add_arrays`` (``a + b``) and ``safe_sum``. NumPy's
 answer (values and dtype) is the reference for each. Kernels run on OpenMP threads
 (``OMP_NUM_THREADS``, :func:`set_num_threads`, :func:`threads`, threadpoolctl) with the GIL
-released, on the best SIMD target of the CPU (``MEMORY_OPS_SIMD`` caps it; see :func:`simd_arch`).
+released (above 500 elements, as NumPy's loops), on the best SIMD target of the CPU
+(``MEMORY_OPS_SIMD`` caps it; see :func:`simd_arch`).
 """
 
 import os as _os
