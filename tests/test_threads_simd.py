@@ -444,6 +444,9 @@ def test_safe_sum_bit_identical_across_processes(repo_root, determinism_data):
     expected = [repr(memory_ops.safe_sum(x64)), repr(memory_ops.safe_sum(x32))]
     runs = [({"OMP_NUM_THREADS": n}, n) for n in (1, 2, 3)]
     runs.append(({"OMP_NUM_THREADS": 3, "MEMORY_OPS_SIMD": SIMD_TARGETS[-1]}, 3))
+    # A team smaller than the 3 threads asked for (OpenMP's thread limit): its one thread takes the
+    # shares of the two that never start.
+    runs.append(({"OMP_NUM_THREADS": 3, "OMP_THREAD_LIMIT": 1}, 3))
     for env, threads in runs:
         r = run_python(repo_root, DETERMINISM_CHILD, **env)
         assert r.returncode == 0, r.stderr
