@@ -219,6 +219,8 @@ unsigned parallel_for(index_t n_items, index_t grain, index_t cost_per_item, F&&
     return fp.raised();
 }
 
+namespace {  // (in each translation unit its own, as above)
+
 // One thread's share of parallel_for_balanced's items: [front, back), what is left of it. Its owner
 // takes chunks from the front; a thread that has run out of its own takes them from the back. The
 // lock is held for a few instructions, once a chunk.
@@ -258,6 +260,8 @@ public:
         return begin < end;
     }
 };
+
+}  // namespace
 
 // Like parallel_for, for work whose result does not depend on which thread does which items: each
 // thread calls f(next) once, and next(begin, end) gives it its next chunk of up to max_chunk items
