@@ -237,7 +237,7 @@ void scale_inplace(const py::object& arr, const py::object& factor)
     const py::array source = may_self_overlap(a) ? py::array(a.attr("copy")()) : a;
     const nd_view<2> view = make_view<2>({&a, &source});
     auto run = [&](auto tag, auto f) {
-        // the kernel touches only a's and source's buffers, kept alive here
+        // Safe without the GIL: the kernel touches only a's and source's buffers, kept alive here.
         release_gil_above_threshold nogil(a.size());
         return run_kernel<scale_kernel>(tag, view, f);
     };
@@ -301,7 +301,8 @@ py::object safe_sum(const py::object& arr)
         using T = typename decltype(tag)::type;
         sum_result_t<T> total;
         {
-            release_gil_above_threshold nogil(a.size());  // the kernel reads only a's buffer, kept alive by `a`
+            // Safe without the GIL: the kernel reads only a's buffer, kept alive by `a`.
+            release_gil_above_threshold nogil(a.size());
             total = run_kernel<sum_kernel>(tag, view);
         }
         if constexpr (std::is_floating_point<T>::value) {
