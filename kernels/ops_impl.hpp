@@ -952,7 +952,8 @@ public:
 
 // A float64 block's pass with scalars, which order by magnitude (see two_sum): element i of a run into
 // lane i % sum_lanes, as floating_run's batches take it.
-[[gnu::noinline, gnu::cold]] inline sum_state<double> float64_scalar_pass(const nd_view<1>& v, index_t begin, index_t end) noexcept
+[[gnu::noinline, gnu::cold]] inline sum_state<double> float64_scalar_pass(const nd_view<1>& v, index_t begin,
+                                                                           index_t end) noexcept
 {
     sum_state<double> st;
     for_each_run(v, begin, end, [&](char* const* ptr, index_t count, const index_t* step) {
@@ -1206,7 +1207,8 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
                         // A finite sum with a compensation that is not: Knuth's TwoSum overflowed in
                         // a lane where the sum did not (see two_sum). (Tested inside float64_block,
                         // this cost its loop register copies.)
-                        if (__builtin_isfinite(p.hi) && !__builtin_isfinite(p.lo)) p = finish(float64_scalar_pass(v, begin, end));
+                        if (__builtin_isfinite(p.hi) && !__builtin_isfinite(p.lo))
+                            p = finish(float64_scalar_pass(v, begin, end));
                         emit(b, p);
                     }
                     else emit(b, integer_block<Arch, T>(v, begin, end));
