@@ -233,6 +233,11 @@ PYBIND11_MODULE(_core, m)
           "STREAM-style bandwidth reference on contiguous float64 arrays, for memory_ops.bench: op is "
           "copy (dst=a), scale (dst=scalar*a), add (dst=a+b), sum (returns sum(a)) or touch (one write per "
           "4 KiB page of dst). Uses get_num_threads() threads, without the GIL.");
+    m.def("_sum_arithmetic", &bind::sum_arithmetic, py::arg("a"),
+          "safe_sum's arithmetic alone on a contiguous float32 or float64 array (its inner loop over each "
+          "block, blocks shared between threads as safe_sum shares them, none of its other work), for "
+          "benchmarks/targets.py; returns a plain sum of the blocks' lanes, close to sum(a). Uses "
+          "get_num_threads() threads, without the GIL.");
     m.def("_new_float64",
           [](py::ssize_t n) {
               if (n < 0) throw py::value_error("_new_float64: n must be >= 0");

@@ -17,4 +17,8 @@ pybind11::object safe_sum(const pybind11::object& arr);
 double stream(const std::string& op, const pybind11::object& dst, const pybind11::object& a,
               const pybind11::object& b, double s);
 
+// The floating sum's arithmetic alone, the benchmark's yardstick for safe_sum (see
+// sum_arithmetic_kernel in kernels/ops.hpp).
+double sum_arithmetic(const pybind11::object& a);
+
 }  // namespace memory_ops::bind

@@ -1,7 +1,8 @@
-// The benchmark's bandwidth yardstick (memory_ops._core._stream): validation and GIL release only.
+// The benchmark's yardsticks (memory_ops._core._stream, _sum_arithmetic): validation and GIL release only.
 #include "op_bindings.hpp"
 
 #include <string>
+#include <type_traits>
 
 #include "arrays.hpp"
 #include "dispatch.hpp"
@@ -46,6 +47,27 @@ double stream(const std::string& op, const py::object& dst, const py::object& a,
     // Safe without the GIL: only raw buffers of arrays the caller's arguments keep alive.
     py::gil_scoped_release nogil;
     return run_kernel<stream_kernel>(which, d, x, y, s, static_cast<index_t>(n));
+}
+
+double sum_arithmetic(const py::object& obj)
+{
+    if (!py::isinstance<py::array>(obj)) throw py::type_error("_sum_arithmetic: a must be an ndarray");
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    native t;
+    if (!native_of(a.dtype(), t) || (t != native::f32 && t != native::f64) || !(a.flags() & py::array::c_style) ||
+        !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        throw py::type_error("_sum_arithmetic: a must be an aligned, C-contiguous float32 or float64 array");
+    const auto n = static_cast<index_t>(a.size());
+    const void* data = a.data();
+    // Safe without the GIL: only the buffer of an array the caller's argument keeps alive.
+    py::gil_scoped_release nogil;
+    return visit(t, [&](auto tag) -> double {
+        using T = typename decltype(tag)::type;
+        if constexpr (std::is_floating_point<T>::value)
+            return run_kernel<sum_arithmetic_kernel>(tag, static_cast<const T*>(data), n);
+        else
+            return 0.0;  // (not reached: checked above)
+    });
 }
 
 }  // namespace memory_ops::bind

@@ -83,6 +83,17 @@ struct sum_kernel {
     sum_result_t<T> operator()(Arch, type_tag<T>, const nd_view<1>& v) const noexcept;
 };
 
+// The floating sum's arithmetic alone, the yardstick benchmarks/targets.py holds safe_sum to: over n
+// contiguous elements, sum_kernel's own inner loop on each block (float64: the TwoSum pass; float32:
+// the plain pass of widened elements, whole blocks in groups of sum_group), the blocks shared out
+// between threads as sum_kernel shares them, and none of sum_kernel's other work (floating-point
+// environment, flag reads, plans, lane trees, partials combined with TwoSum). Returns a plain sum of
+// the blocks' lanes and compensations: close to the sum, not safe_sum's value.
+struct sum_arithmetic_kernel {
+    template <class Arch, class T>
+    double operator()(Arch, type_tag<T>, const T* a, index_t n) const noexcept;
+};
+
 // Which non-finite values a floating input holds, for reporting a non-finite sum as NumPy does: an
 // infinite sum of finite values overflowed; infinities of both signs, a NaN sum of non-NaN values,
 // and arithmetic on a signalling NaN are invalid.
@@ -136,6 +147,10 @@ struct stream_kernel {
         ARCH, type_tag<std::int32_t>, const nd_view<1>&) const noexcept;                             \
     PREFIX template std::uint64_t sum_kernel::operator()<ARCH, std::int64_t>(                        \
         ARCH, type_tag<std::int64_t>, const nd_view<1>&) const noexcept;                             \
+    PREFIX template double sum_arithmetic_kernel::operator()<ARCH, float>(ARCH, type_tag<float>,     \
+                                                                          const float*, index_t) const noexcept; \
+    PREFIX template double sum_arithmetic_kernel::operator()<ARCH, double>(ARCH, type_tag<double>,   \
+                                                                           const double*, index_t) const noexcept; \
     PREFIX template unsigned nonfinite_kernel::operator()<ARCH, float>(ARCH, type_tag<float>,         \
                                                                      const nd_view<1>&) const noexcept; \
     PREFIX template unsigned nonfinite_kernel::operator()<ARCH, double>(ARCH, type_tag<double>,       \

@@ -1244,6 +1244,45 @@ sum_result_t<T> sum_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) c
 }
 
 template <class Arch, class T>
+double sum_arithmetic_kernel::operator()(Arch, type_tag<T>, const T* a, index_t n) const noexcept
+{
+    const index_t blocks = (n + sum_block - 1) / sum_block;
+    double* partials = new (std::nothrow) double[static_cast<std::size_t>(blocks > 0 ? blocks : 1)];
+    if (partials == nullptr) return 0.0;
+    parallel_for_balanced(blocks, 16, sum_block, [&](auto& next) {
+        index_t b0, b1;
+        while (next(b0, b1))
+            for (index_t b = b0; b < b1;) {
+                sum_state<double> st[sum_group];
+                const index_t begin = b * sum_block;
+                index_t g = 1;  // blocks summed
+                auto one_block = [&] {
+                    constexpr sum_path path = std::is_same<T, float>::value ? sum_path::plain : sum_path::two_sum;
+                    magnitudes<T> mag;
+                    floating_run<false, true, path, Arch, T>(st[0], mag, reinterpret_cast<const char*>(a + begin),
+                                                             std::min(n, begin + sum_block) - begin, index_t{sizeof(T)});
+                };
+                if constexpr (std::is_same<T, float>::value) {
+                    g = std::min({sum_group, b1 - b, n / sum_block - b});  // whole blocks
+                    if (g > 0) float32_plain_whole_blocks<Arch>(a + begin, g, st);
+                    else one_block(), g = 1;  // the short last block
+                } else {
+                    one_block();
+                }
+                for (index_t k = 0; k < g; ++k, ++b) {
+                    double total = 0.0;
+                    for (index_t j = 0; j < sum_lanes; ++j) total += st[k].s[j] + st[k].c[j];
+                    partials[b] = total;
+                }
+            }
+    });
+    double total = 0.0;
+    for (index_t b = 0; b < blocks; ++b) total += partials[b];
+    delete[] partials;
+    return total;
+}
+
+template <class Arch, class T>
 unsigned nonfinite_kernel::operator()(Arch, type_tag<T>, const nd_view<1>& v) const noexcept
 {
     using bits_t = std::conditional_t<sizeof(T) == 8, std::uint64_t, std::uint32_t>;

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import memory_ops
 from memory_ops import bench
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -550,3 +551,32 @@ def test_targets_summary_counts_each_verdict(repo_root, capsys):
     assert [line.split()[0] for line in lines[:3]] == ["PASS", "OUT", "FAIL"]
     assert lines[-1].startswith("1 of 3 targets met; 1 out of reach in this run")
     assert lines[-1].endswith("; 1 failed")
+
+
+# ---- benchmarks/targets.py's yardstick for safe_sum: its arithmetic alone --------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n", [0, 1, 15, 8192, 5 * 8192 + 17, 37 * 8192, 37 * 8192 + 100])
+def test_sum_arithmetic_takes_every_element_once(simd, nthreads, dtype, n):
+    # Integers sum exactly along both paths (float64 TwoSum, float32 widened), so a block skipped or
+    # taken twice, on any target and thread count, changes the result. 37 blocks: float32's groups of
+    # 4 whole blocks end short inside the threads' ranges.
+    values = np.random.default_rng(n).integers(-1000, 1000, n)
+    a = values.astype(dtype)
+    assert memory_ops._core._sum_arithmetic(a) == float(values.sum())
+
+
+@pytest.mark.parametrize(
+    "a, what",
+    [
+        (np.ones(10, dtype=np.int64), "float32 or float64"),
+        (np.ones(10, dtype=np.float16), "float32 or float64"),
+        (np.ones(20)[::2], "C-contiguous"),
+        (np.frombuffer(bytearray(8 * 10 + 1), dtype=np.float64, offset=1, count=10), "aligned"),
+        ([1.0, 2.0], "ndarray"),
+    ],
+)
+def test_sum_arithmetic_refuses_what_it_cannot_read(a, what):
+    with pytest.raises(TypeError, match=what):
+        memory_ops._core._sum_arithmetic(a)
