@@ -1253,7 +1253,8 @@ double sum_arithmetic_kernel::operator()(Arch, type_tag<T>, const T* a, index_t 
         index_t b0, b1;
         while (next(b0, b1))
             for (index_t b = b0; b < b1;) {
-                sum_state<double> st[sum_group];
+                constexpr index_t states = std::is_same<T, float>::value ? sum_group : 1;
+                sum_state<double> st[states];
                 const index_t begin = b * sum_block;
                 index_t g = 1;  // blocks summed
                 auto one_block = [&] {
@@ -1263,16 +1264,16 @@ double sum_arithmetic_kernel::operator()(Arch, type_tag<T>, const T* a, index_t 
                                                              std::min(n, begin + sum_block) - begin, index_t{sizeof(T)});
                 };
                 if constexpr (std::is_same<T, float>::value) {
-                    g = std::min({sum_group, b1 - b, n / sum_block - b});  // whole blocks
+                    g = std::min({states, b1 - b, n / sum_block - b});  // whole blocks
                     if (g > 0) float32_plain_whole_blocks<Arch>(a + begin, g, st);
                     else one_block(), g = 1;  // the short last block
                 } else {
                     one_block();
                 }
                 for (index_t k = 0; k < g; ++k, ++b) {
-                    double total = 0.0;
-                    for (index_t j = 0; j < sum_lanes; ++j) total += st[k].s[j] + st[k].c[j];
-                    partials[b] = total;
+                    sum_state<double> c;  // (the compensations' tree, as the lanes')
+                    for (index_t j = 0; j < sum_lanes; ++j) c.s[j] = st[k].c[j];
+                    partials[b] = lane_tree(st[k]) + lane_tree(c);
                 }
             }
     });
