@@ -567,6 +567,15 @@ def test_sum_arithmetic_takes_every_element_once(simd, nthreads, dtype, n):
     assert memory_ops._core._sum_arithmetic(a) == float(values.sum())
 
 
+def test_sum_arithmetic_keeps_the_float64_compensations(simd, nthreads):
+    # In lane 0 of the first block, 2^53 absorbs the 510 ones after it (2^53 + 1 rounds back to 2^53)
+    # until -2^53 cancels it: only TwoSum's compensation holds them.
+    n = 37 * 8192
+    a = np.ones(n)
+    a[0], a[8192 - 16] = 2.0**53, -(2.0**53)
+    assert memory_ops._core._sum_arithmetic(a) == n - 2
+
+
 @pytest.mark.parametrize(
     "a, what",
     [
