@@ -18,9 +18,8 @@ inner loop over the same bytes (float64: TwoSum on every element, its rounding e
 float32: every element widened to float64 and added), the blocks shared out between threads as
 safe_sum shares them, none of its other work, against the limit. safe_sum does that loop's work and
 more, so that ceiling is strict for a sum as accurate as this one, done this way. For 2 threads
-against 1 the ceiling printed
-is a reference rather than a strict bound: our 1-thread time over the op's STREAM loop at 2 threads
-(our in-place scale beats that loop).
+against 1 the ceiling printed is a reference rather than a strict bound: our 1-thread time over the
+op's STREAM loop at 2 threads (our in-place scale beats that loop).
 
 A line that misses its target reads OUT (out of reach in this run) when its strict ceiling is below
 the target and the ratio is within 10% of that ceiling: no loop could have met the target in this
