@@ -7,12 +7,13 @@ Every ratio compares medians of interleaved repeats: in each repeat every conten
 is timed once, in rotating order, so a change in machine load hits all contenders alike (a sample is
 as many calls in a row as last 5 ms for the fastest contender, the same count for each). Ratios are
 speed-ups (their time / our time) or fractions of a bandwidth limit measured in the same run by the
-STREAM-style loops inside the extension (memory_ops._core._stream; bytes counted as STREAM counts
-them: scale 16 B, add 24 B, sum 8 B per float64 element, half that for float32 data). Where a limit
-is measured next to NumPy, the line also prints the ceiling, limit / NumPy: the largest speed-up any
-loop reaching the limit could show, so a target above it is out of reach on the machine (up to
-the limit's own noise: a kernel can measure a few percent above it). For fresh outputs the limit
-loop writes into a new array from the same allocator, page faults included. For safe_sum against
+STREAM-style loops inside the extension (memory_ops._core._stream, over the operands' own bytes
+viewed as float64; bytes counted as STREAM counts them: scale 16 B, add 24 B, sum 8 B per float64
+element, half that for float32 data). Where a limit is measured next to NumPy, the line also prints
+the ceiling, limit / NumPy: the largest speed-up any loop reaching the limit could show, so a target
+above it is out of reach on the machine (up to the limit's own noise: a kernel can measure a few
+percent above it). For fresh outputs the limit loop writes into a new array from the same
+allocator, page faults included. For safe_sum against
 the read limit the ceiling is safe_sum's arithmetic alone (memory_ops._core._sum_arithmetic): its
 inner loop over the same bytes (float64: TwoSum on every element, its rounding error kept exactly;
 float32: every element widened to float64 and added), the blocks shared out between threads as
@@ -120,16 +121,15 @@ class Report:
 
 
 def dram_targets(rep, n, dtype, repeat):
-    size = np.dtype(dtype).itemsize
     tag = f"{dtype.__name__}, n={n:,}"
     rng = np.random.default_rng(0)
     a = rng.random(n).astype(dtype)
     b = rng.random(n).astype(dtype)
     out = np.empty_like(a)
-    # STREAM limits run on float64 arrays of the same byte size.
-    a64 = rng.random(n * size // 8)
-    b64 = rng.random(n * size // 8)
-    o64 = np.empty_like(a64)
+    # The STREAM limits run over the operands' own bytes, as float64 (n even). At 5M elements the L3
+    # still holds part of an array from the pass before, so a loop over other arrays of the same size
+    # measured up to 10% slower than over these (in place; 0-4% into out=).
+    a64, b64, o64 = a.view(np.float64), b.view(np.float64), out.view(np.float64)
     nb = a.nbytes
 
     with memory_ops.threads(memory_ops.get_num_threads()):
@@ -191,11 +191,10 @@ def dram_targets(rep, n, dtype, repeat):
     # the same array: at 5M elements (40 MB of float64 against a 32 MiB L3) how much of an array the
     # L3 still holds depends on what ran before, and a contender that followed a pass over another
     # array measured as much as 1.5x slower than the same loop following one over its own.
-    limit_view = a.view(np.float64)  # (n even: 8-byte elements over the same bytes)
     t = interleaved({
         "ours": lambda: memory_ops.safe_sum(a),
         "numpy": lambda: a.sum(),
-        "limit": lambda: _core._stream("sum", None, limit_view, None),
+        "limit": lambda: _core._stream("sum", None, a64, None),
         "arithmetic": lambda: _core._sum_arithmetic(a),
     }, repeat)
     # The ceiling is what the plain read-limit loop itself achieves against a.sum(): no sum, however
