@@ -12,15 +12,15 @@ viewed as float64; bytes counted as STREAM counts them: scale 16 B, add 24 B, su
 element, half that for float32 data). Where a limit is measured next to NumPy, the line also prints
 the ceiling, limit / NumPy: the largest speed-up any loop reaching the limit could show, so a target
 above it is out of reach on the machine (up to the limit's own noise: a kernel can measure a few
-percent above it). For fresh outputs the limit loop writes into a new array from the same
-allocator, page faults included. For safe_sum against
-the read limit the ceiling is safe_sum's arithmetic alone (memory_ops._core._sum_arithmetic): its
-inner loop over the same bytes (float64: TwoSum on every element, its rounding error kept exactly;
-float32: every element widened to float64 and added), the blocks shared out between threads as
-safe_sum shares them, none of its other work, against the limit. safe_sum does that loop's work and
-more, so that ceiling is strict for a sum as accurate as this one, done this way. For 2 threads
-against 1 the ceiling printed is a reference rather than a strict bound: our 1-thread time over the
-op's STREAM loop at 2 threads (our in-place scale beats that loop).
+percent above it). For fresh outputs the limit loop writes into a new array from the same allocator,
+page faults included. For safe_sum against the read limit the ceiling is safe_sum's arithmetic alone
+(memory_ops._core._sum_arithmetic): its inner loop over the same bytes (float64: TwoSum on every
+element, its rounding error kept exactly; float32: every element widened to float64 and added), the
+blocks shared out between threads as safe_sum shares them, none of its other work, against the
+limit. safe_sum does that loop's work and more, so that ceiling is strict for a sum as accurate as
+this one, done this way. For 2 threads against 1 the ceiling printed is a reference rather than a
+strict bound: our 1-thread time over the op's STREAM loop at 2 threads (our in-place scale beats
+that loop).
 
 A line that misses its target reads OUT (out of reach in this run) when its strict ceiling is below
 the target and the ratio is within 10% of that ceiling: no loop could have met the target in this
