@@ -515,13 +515,17 @@ def test_run_restores_the_thread_count():
 # ---- benchmarks/targets.py's verdicts ------------------------------------------------------------
 
 
-def _targets_module(repo_root):
+def _benchmark_module(repo_root, name):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("targets", repo_root / "benchmarks" / "targets.py")
+    spec = importlib.util.spec_from_file_location(name, repo_root / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _targets_module(repo_root):
+    return _benchmark_module(repo_root, "targets")
 
 
 @pytest.mark.parametrize(
@@ -592,3 +596,43 @@ def test_sum_arithmetic_refuses_arrays_it_cannot_read(a):
         memory_ops._core._sum_arithmetic(a)
     with pytest.raises(TypeError, match="_sum_arithmetic: a must be an ndarray"):
         memory_ops._core._sum_arithmetic(list(a))
+
+
+# ---- benchmarks/sum_ceiling.py's bare loops (benchmarks/bare_sum.cpp) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def bare_sum(repo_root, tmp_path_factory):
+    import shutil
+
+    if not (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler to build benchmarks/bare_sum.cpp")
+    return _benchmark_module(repo_root, "sum_ceiling").build(tmp_path_factory.mktemp("bare_sum"))
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 1000, 100_003])
+def test_sum_ceiling_bare_loops_take_every_element_once(bare_sum, nthreads, n):
+    # Integers sum exactly in every loop, so an element skipped or taken twice (a thread's part, a
+    # tail) changes the result.
+    import ctypes
+
+    values = np.random.default_rng(n).integers(-1000, 1000, n)
+    expected = float(values.sum())
+    x64, x32 = values.astype(np.float64), values.astype(np.float32)
+    p64, p32 = x64.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), x32.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    assert bare_sum.bare_read(p64, n) == expected
+    assert bare_sum.bare_two_sum(p64, n) == expected
+    assert bare_sum.bare_widen(p32, n) == expected
+
+
+def test_sum_ceiling_bare_two_sum_keeps_the_compensations(bare_sum, nthreads):
+    # 2^53 absorbs the ones after it in its lane until -2^53 cancels it: only the kept errors hold
+    # them (where the loops are AVX-512 ones; the scalar fallback is a plain sum).
+    import ctypes
+
+    if not bare_sum.bare_avx512():
+        pytest.skip("bare_sum.cpp's loops are plain scalar sums without AVX-512")
+    n = 1 << 16
+    a = np.ones(n)
+    a[0], a[8 * 1024] = 2.0**53, -(2.0**53)
+    assert bare_sum.bare_two_sum(a.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), n) == n - 2
