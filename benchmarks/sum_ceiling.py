@@ -33,12 +33,17 @@ from targets import interleaved  # noqa: E402
 SOURCE = pathlib.Path(__file__).resolve().parent / "bare_sum.cpp"
 
 
+def compiler():
+    """The host's C++ compiler ($CXX, c++ or g++), or None."""
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
 def build(directory):
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
+    cxx = compiler()
+    if cxx is None:
         sys.exit("sum_ceiling.py: no C++ compiler (c++ or g++, or $CXX) to build bare_sum.cpp")
     lib = pathlib.Path(directory) / "bare_sum.so"
-    subprocess.run([compiler, "-O2", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(lib)],
+    subprocess.run([cxx, "-O2", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(lib)],
                    check=True)
     bare = ctypes.CDLL(str(lib))
     for name, pointer in (("bare_read", ctypes.c_double), ("bare_widen", ctypes.c_float),

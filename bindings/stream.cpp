@@ -10,15 +10,24 @@ namespace memory_ops::bind {
 
 namespace {
 
+// obj as an aligned, C-contiguous array of float64 (or float32 too, if `float32_too`), its dtype in t;
+// TypeError "<op>: <name> must be ..." otherwise.
+py::array contiguous_floats(const py::object& obj, const char* op, const char* name, bool float32_too, native& t)
+{
+    const std::string who = std::string(op) + ": " + name;
+    if (!py::isinstance<py::array>(obj)) throw py::type_error(who + " must be an ndarray");
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    if (!native_of(a.dtype(), t) || !(t == native::f64 || (float32_too && t == native::f32)) ||
+        !(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        throw py::type_error(who + " must be an aligned, C-contiguous " + (float32_too ? "float32 or float64" : "float64") +
+                             " array");
+    return a;
+}
+
 double* contiguous_f64(const py::object& obj, const char* name, bool writable, py::ssize_t& n)
 {
-    if (!py::isinstance<py::array>(obj))
-        throw py::type_error(std::string("_stream: ") + name + " must be an ndarray");
-    auto a = py::reinterpret_borrow<py::array>(obj);
     native t;
-    if (!native_of(a.dtype(), t) || t != native::f64 || !(a.flags() & py::array::c_style) ||
-        !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-        throw py::type_error(std::string("_stream: ") + name + " must be an aligned, C-contiguous float64 array");
+    const py::array a = contiguous_floats(obj, "_stream", name, false, t);
     if (writable) check_writable("_stream", name, a);
     if (n >= 0 && a.size() != n) throw py::value_error("_stream: arrays differ in size");
     n = a.size();
@@ -50,12 +59,8 @@ double stream(const std::string& op, const py::object& dst, const py::object& a,
 
 double sum_arithmetic(const py::object& obj)
 {
-    if (!py::isinstance<py::array>(obj)) throw py::type_error("_sum_arithmetic: a must be an ndarray");
-    auto a = py::reinterpret_borrow<py::array>(obj);
     native t;
-    if (!native_of(a.dtype(), t) || (t != native::f32 && t != native::f64) || !(a.flags() & py::array::c_style) ||
-        !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-        throw py::type_error("_sum_arithmetic: a must be an aligned, C-contiguous float32 or float64 array");
+    const py::array a = contiguous_floats(obj, "_sum_arithmetic", "a", true, t);
     const auto n = static_cast<index_t>(a.size());
     const void* data = a.data();
     // Safe without the GIL: only the buffer of an array the caller's argument keeps alive.

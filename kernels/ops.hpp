@@ -86,9 +86,10 @@ struct sum_kernel {
 // The floating sum's arithmetic alone, the yardstick benchmarks/targets.py holds safe_sum to: over n
 // contiguous elements, sum_kernel's own inner loop on each block (float64: the TwoSum pass; float32:
 // the plain pass of widened elements, whole blocks in groups of sum_group), the blocks shared out
-// between threads as sum_kernel shares them, and none of sum_kernel's other work (floating-point
-// environment, flag reads, plans, lane trees, partials combined with TwoSum). Returns a plain sum of
-// the blocks' lanes and compensations: close to the sum, not safe_sum's value.
+// between threads as sum_kernel shares them, each block's lanes and compensations then summed by
+// their pairwise trees, and none of sum_kernel's other work (floating-point environment, flag reads,
+// plans, finite checks, partials combined with TwoSum). Returns a plain sum of the blocks' trees:
+// close to the sum, not safe_sum's value.
 struct sum_arithmetic_kernel {
     template <class Arch, class T>
     double operator()(Arch, type_tag<T>, const T* a, index_t n) const noexcept;

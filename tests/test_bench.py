@@ -602,16 +602,19 @@ def test_sum_arithmetic_refuses_arrays_it_cannot_read(a):
 
 
 @pytest.fixture(scope="module")
-def bare_sum(repo_root, tmp_path_factory):
-    import shutil
+def sum_ceiling(repo_root):
+    return _benchmark_module(repo_root, "sum_ceiling")
 
-    if not (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")):
+
+@pytest.fixture(scope="module")
+def bare_sum(sum_ceiling, tmp_path_factory):
+    if sum_ceiling.compiler() is None:
         pytest.skip("no C++ compiler to build benchmarks/bare_sum.cpp")
-    return _benchmark_module(repo_root, "sum_ceiling").build(tmp_path_factory.mktemp("bare_sum"))
+    return sum_ceiling.build(tmp_path_factory.mktemp("bare_sum"))
 
 
 @pytest.mark.parametrize("n", [0, 1, 63, 64, 1000, 100_003])
-def test_sum_ceiling_bare_loops_take_every_element_once(bare_sum, nthreads, n):
+def test_sum_ceiling_bare_loops_take_every_element_once(sum_ceiling, bare_sum, nthreads, n):
     # Integers sum exactly in every loop, so an element skipped or taken twice (a thread's part, a
     # tail) changes the result.
     import ctypes
@@ -619,13 +622,13 @@ def test_sum_ceiling_bare_loops_take_every_element_once(bare_sum, nthreads, n):
     values = np.random.default_rng(n).integers(-1000, 1000, n)
     expected = float(values.sum())
     x64, x32 = values.astype(np.float64), values.astype(np.float32)
-    p64, p32 = x64.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), x32.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    p64, p32 = sum_ceiling.pointer(x64, ctypes.c_double), sum_ceiling.pointer(x32, ctypes.c_float)
     assert bare_sum.bare_read(p64, n) == expected
     assert bare_sum.bare_two_sum(p64, n) == expected
     assert bare_sum.bare_widen(p32, n) == expected
 
 
-def test_sum_ceiling_bare_two_sum_keeps_the_compensations(bare_sum, nthreads):
+def test_sum_ceiling_bare_two_sum_keeps_the_compensations(sum_ceiling, bare_sum, nthreads):
     # 2^53 absorbs the ones after it in its lane until -2^53 cancels it: only the kept errors hold
     # them (where the loops are AVX-512 ones; the scalar fallback is a plain sum).
     import ctypes
@@ -635,4 +638,4 @@ def test_sum_ceiling_bare_two_sum_keeps_the_compensations(bare_sum, nthreads):
     n = 1 << 16
     a = np.ones(n)
     a[0], a[8 * 1024] = 2.0**53, -(2.0**53)
-    assert bare_sum.bare_two_sum(a.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), n) == n - 2
+    assert bare_sum.bare_two_sum(sum_ceiling.pointer(a, ctypes.c_double), n) == n - 2
